@@ -1,0 +1,145 @@
+//! `FileDev`: a regular file (sparse, grows on demand) or a block device, through pread/pwrite.
+
+use super::BlockDev;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A pool file or block device accessed with positional reads and writes.
+pub struct FileDev {
+    file: File,
+    is_block_device: bool,
+    len: AtomicU64,
+}
+
+impl FileDev {
+    /// Open an existing file or block device.
+    pub fn open(path: &Path, writable: bool) -> io::Result<FileDev> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        Self::from_file(file)
+    }
+
+    /// Create a new regular file; fails if it exists.
+    pub fn create(path: &Path) -> io::Result<FileDev> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Self::from_file(file)
+    }
+
+    fn from_file(file: File) -> io::Result<FileDev> {
+        let meta = file.metadata()?;
+        let is_block_device = meta.file_type().is_block_device();
+        let len = if is_block_device {
+            block_device_size(&file)?
+        } else {
+            meta.len()
+        };
+        Ok(FileDev {
+            file,
+            is_block_device,
+            len: AtomicU64::new(len),
+        })
+    }
+
+    /// The underlying file (for `flock`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    // SAFETY: the ioctl writes one u64 into `size`, which outlives the call; the fd is valid
+    // for the lifetime of `file`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+impl BlockDev for FileDev {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                // Past the end of a sparse file: zeros.
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if self.is_block_device && end > self.len() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all_at(buf, offset)?;
+        self.len.fetch_max(end, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.is_block_device {
+            // BLKDISCARD is advisory; zeroing would cost a full write, so skip it. Callers
+            // never rely on a punched block device range reading zeros (see pool/data.rs).
+            return Ok(());
+        }
+        // SAFETY: fallocate only operates on the fd owned by `self.file`; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // Filesystems without hole punching: the range keeps its bytes; callers write
+            // zeros explicitly where zeros matter.
+            if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                return Ok(());
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn ensure_len(&self, len: u64) -> io::Result<()> {
+        if len <= self.len() {
+            return Ok(());
+        }
+        if self.is_block_device {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.set_len(len)?;
+        self.len.fetch_max(len, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! Block devices: the bottom layer. Everything above does its I/O through [`BlockDev`], so every
+//! layer runs unchanged on a real file ([`FileDev`]) or on anonymous memory ([`MemDev`]).
+//!
+//! Invariants every implementation keeps:
+//! - `read_at` past the current end reads zeros (pool files are sparse and grow on demand);
+//! - `write_at` past the end grows the device (files) or fails with `ENOSPC` (fixed devices);
+//! - `flush` returns only when every completed write is durable; an error from it is final
+//!   (the caller fail-stops; it never retries and acknowledges).
+
+mod file;
+mod mem;
+
+pub use file::FileDev;
+pub use mem::MemDev;
+
+use std::io;
+
+/// A byte-addressed device with sparse-file semantics.
+pub trait BlockDev: Send + Sync {
+    /// Fill `buf` from byte `offset`; bytes past the end read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at byte `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable (`fdatasync`).
+    fn flush(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> u64;
+    /// True when the device holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Deallocate a byte range; it reads as zeros afterwards.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Ensure the device is at least `len` bytes long (files grow sparsely).
+    fn ensure_len(&self, len: u64) -> io::Result<()>;
+}

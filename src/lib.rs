@@ -1,0 +1,8 @@
+//! thinpool: block-level thin provisioning in userspace, in the style of dm-thin.
+//!
+//! Layers (imports point down only): [`pool`] (volumes, snapshots, data path, commit) over
+//! [`meta`] (block manager, COW B-tree, space maps, superblock journal) over [`io`] (block
+//! devices). The CLI in `src/cli` is a thin adapter over [`pool::Pool`].
+
+pub mod io;
+pub mod meta;

@@ -1,0 +1,173 @@
+//! The superblock journal: two rings of N slots (blocks `1..=N` and `N+1..=2N`). Commit `seq`
+//! writes its record to slot `seq % N` of both rings; no slot holding the newest record is
+//! ever overwritten, so a torn record write leaves the previous record intact.
+//!
+//! Record layout after the common header (generation field = `seq`):
+//! `64..72` seq; `72..76` slot index; `76..80` flags; `80..88` data blocks total;
+//! `88..96` metadata blocks total; `96..112` two pool counters; `112..120` data blocks
+//! allocated; `120..128` metadata blocks allocated; `128..` [`NR_ROOTS`] roots of 24 bytes each
+//! (`block u64, generation u64, crc32 u32, pad u32`), in the order of [`RootId`].
+
+use super::block::{self, get_u32, get_u64, put_u32, put_u64, BlockType};
+use super::{MetaBlock, MetaError, BLOCK_SIZE};
+
+/// A pointer to a metadata block with the generation it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockRef {
+    pub block: MetaBlock,
+    pub gen: u64,
+}
+
+/// A root in a record: pointer plus the checksum its block must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Root {
+    pub r: BlockRef,
+    pub crc: u32,
+}
+
+/// The roots a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum RootId {
+    /// First user tree (the pool's device details tree).
+    User0 = 0,
+    /// Second user tree (the pool's top-level mapping tree).
+    User1 = 1,
+    DataIndex = 2,
+    DataOverflow = 3,
+    MetaIndex = 4,
+    MetaOverflow = 5,
+    /// Data space map index of the previous commit (allocation protection).
+    PrevDataIndex = 6,
+    /// Metadata space map index of the previous commit.
+    PrevMetaIndex = 7,
+}
+pub const NR_ROOTS: usize = 8;
+const ROOTS_OFF: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub slot: u32,
+    pub flags: u32,
+    pub data_blocks: u64,
+    pub meta_blocks: u64,
+    pub counters: [u64; 2],
+    pub data_allocated: u64,
+    pub meta_allocated: u64,
+    pub roots: [Root; NR_ROOTS],
+}
+
+impl Record {
+    pub fn root(&self, id: RootId) -> Root {
+        self.roots[id as usize]
+    }
+
+    pub fn encode(&self, uuid: &[u8; 16], block: MetaBlock) -> Vec<u8> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        block::init_header(&mut buf, BlockType::Record, block, self.seq, uuid);
+        put_u64(&mut buf, 64, self.seq);
+        put_u32(&mut buf, 72, self.slot);
+        put_u32(&mut buf, 76, self.flags);
+        put_u64(&mut buf, 80, self.data_blocks);
+        put_u64(&mut buf, 88, self.meta_blocks);
+        put_u64(&mut buf, 96, self.counters[0]);
+        put_u64(&mut buf, 104, self.counters[1]);
+        put_u64(&mut buf, 112, self.data_allocated);
+        put_u64(&mut buf, 120, self.meta_allocated);
+        for (i, r) in self.roots.iter().enumerate() {
+            let o = ROOTS_OFF + i * 24;
+            put_u64(&mut buf, o, r.r.block.0);
+            put_u64(&mut buf, o + 8, r.r.gen);
+            put_u32(&mut buf, o + 16, r.crc);
+        }
+        block::seal(&mut buf);
+        buf
+    }
+
+    /// Decode a slot; `None` reason strings say why a slot is not a valid record.
+    pub fn decode(
+        buf: &[u8],
+        uuid: &[u8; 16],
+        block: MetaBlock,
+        slot: u32,
+    ) -> Result<Record, MetaError> {
+        block::verify(buf, Some(BlockType::Record), block, uuid)?;
+        let mut roots = [Root::default(); NR_ROOTS];
+        for (i, r) in roots.iter_mut().enumerate() {
+            let o = ROOTS_OFF + i * 24;
+            *r = Root {
+                r: BlockRef {
+                    block: MetaBlock(get_u64(buf, o)),
+                    gen: get_u64(buf, o + 8),
+                },
+                crc: get_u32(buf, o + 16),
+            };
+        }
+        let rec = Record {
+            seq: get_u64(buf, 64),
+            slot: get_u32(buf, 72),
+            flags: get_u32(buf, 76),
+            data_blocks: get_u64(buf, 80),
+            meta_blocks: get_u64(buf, 88),
+            counters: [get_u64(buf, 96), get_u64(buf, 104)],
+            data_allocated: get_u64(buf, 112),
+            meta_allocated: get_u64(buf, 120),
+            roots,
+        };
+        if rec.slot != slot {
+            return Err(MetaError::corrupt(
+                block,
+                format!("record for slot {} found in slot {slot}", rec.slot),
+            ));
+        }
+        if block::generation(buf) != rec.seq {
+            return Err(MetaError::corrupt(block, "record generation differs from its seq"));
+        }
+        Ok(rec)
+    }
+}
+
+/// Block numbers of slot `slot` in ring A and ring B.
+pub fn slot_blocks(ring_slots: u32, slot: u32) -> [MetaBlock; 2] {
+    [
+        MetaBlock(1 + slot as u64),
+        MetaBlock(1 + ring_slots as u64 + slot as u64),
+    ]
+}
+
+/// What a scan of the journal found in one slot.
+#[derive(Debug, Clone)]
+pub struct SlotScan {
+    pub ring: u8,
+    pub slot: u32,
+    pub block: MetaBlock,
+    pub result: Result<Record, String>,
+}
+
+/// Read every slot of both rings.
+pub fn scan(dev: &dyn crate::io::BlockDev, uuid: &[u8; 16], ring_slots: u32) -> Result<Vec<SlotScan>, MetaError> {
+    let n = ring_slots as usize;
+    let mut buf = vec![0u8; 2 * n * BLOCK_SIZE];
+    dev.read_at(&mut buf, BLOCK_SIZE as u64)
+        .map_err(|e| MetaError::io("read journal", MetaBlock(1), e))?;
+    let mut out = Vec::with_capacity(2 * n);
+    for i in 0..2 * n {
+        let slot = (i % n) as u32;
+        let ring = (i / n) as u8;
+        let block = MetaBlock(1 + i as u64);
+        let b = &buf[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+        let result = if b.iter().all(|&x| x == 0) {
+            Err("empty".to_string())
+        } else {
+            Record::decode(b, uuid, block, slot).map_err(|e| e.to_string())
+        };
+        out.push(SlotScan {
+            ring,
+            slot,
+            block,
+            result,
+        });
+    }
+    Ok(out)
+}
