@@ -6,3 +6,5 @@
 
 pub mod io;
 pub mod meta;
+pub mod nbd;
+pub mod pool;

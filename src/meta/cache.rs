@@ -56,6 +56,9 @@ impl BlockManager {
     pub fn nr_blocks(&self) -> u64 {
         self.nr_blocks
     }
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.len()
+    }
     pub fn resident(&self) -> usize {
         self.cache.len()
     }

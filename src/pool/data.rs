@@ -1,0 +1,367 @@
+//! The data path: read, write, discard and write-zeroes at any byte offset and length.
+//!
+//! - Read: unmapped ranges read as zeros without touching the data file.
+//! - Write to a block this volume owns exclusively (no shared node on its path, data count
+//!   1): in place. Otherwise a new block is allocated; a partial write into a shared block
+//!   copies the old contents first, a partial write into an unmapped block zero-fills the
+//!   rest (the whole block is written, so a reused block never shows old bytes).
+//! - All blocks a write needs are allocated before anything changes, so a full pool fails
+//!   the write with ENOSPC and changes nothing.
+//! - Discard unmaps whole blocks and zeroes the covered part of partial edge blocks.
+
+use super::details::Details;
+use super::{Pool, PoolError, Result, VolumeId};
+use crate::meta::btree::{pack_mapping, unpack_mapping, MAPPING};
+use crate::meta::{DataBlock, MetaError};
+
+/// Blocks unmapped per batch in a discard (bounds the memory of a huge discard).
+const UNMAP_BATCH: usize = 65536;
+/// Largest single data-device request issued when merging contiguous pieces.
+const MAX_RUN: usize = 8 << 20;
+
+#[derive(Clone, Copy)]
+enum Target {
+    InPlace(u64),
+    New { old: Option<u64> },
+}
+
+/// Contiguous runs of `(device offset, source range)`, merged where both are contiguous.
+#[derive(Default)]
+struct Runs(Vec<(u64, usize, usize)>);
+
+impl Runs {
+    fn push(&mut self, dev_off: u64, src: usize, len: usize) {
+        if let Some((o, s, l)) = self.0.last_mut() {
+            if *o + *l as u64 == dev_off && *s + *l == src && *l + len <= MAX_RUN {
+                *l += len;
+                return;
+            }
+        }
+        self.0.push((dev_off, src, len));
+    }
+}
+
+impl Pool {
+    fn check_range(&self, d: &Details, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= d.size => Ok(()),
+            _ => Err(PoolError::OutOfRange {
+                name: d.name.clone(),
+                offset,
+                len,
+                size: d.size,
+            }),
+        }
+    }
+
+    fn data_err(op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> PoolError {
+        move |source| PoolError::DataIo { op, offset, source }
+    }
+
+    /// Mappings `(virtual block, data block)` of a volume with `lo <= vb < hi`, at most `limit`.
+    pub fn mappings(&mut self, id: VolumeId, lo: u64, hi: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
+        let root = self.vol_root(id)?;
+        let mut out = Vec::new();
+        self.tm.btree_walk(root, MAPPING, lo, hi, &mut |k, v| {
+            let (pb, _) = unpack_mapping(u64::from_le_bytes(v.try_into().unwrap()));
+            out.push((k, pb.0));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Read raw bytes of a data block (export, diff).
+    pub fn read_data_block(&self, pb: u64, buf: &mut [u8]) -> Result<()> {
+        let off = pb * self.block_size();
+        self.data.read_at(buf, off).map_err(Self::data_err("read", off))
+    }
+
+    /// Read `buf.len()` bytes of volume `id` from byte `offset`.
+    pub fn read(&mut self, id: VolumeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let d = self.details(id)?;
+        self.check_range(&d, offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let bs = self.block_size();
+        let end = offset + buf.len() as u64;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let maps = self.mappings(id, first, last + 1, usize::MAX)?;
+        let mut runs = Runs::default();
+        let mut filled = 0usize; // bytes of `buf` already decided (mapped or zero)
+        for (vb, pb) in maps {
+            let bstart = (vb * bs).max(offset);
+            let bend = ((vb + 1) * bs).min(end);
+            let dst = (bstart - offset) as usize;
+            buf[filled..dst].fill(0);
+            runs.push(pb * bs + (bstart - vb * bs), dst, (bend - bstart) as usize);
+            filled = (bend - offset) as usize;
+        }
+        buf[filled..].fill(0);
+        for (off, src, len) in runs.0 {
+            self.data
+                .read_at(&mut buf[src..src + len], off)
+                .map_err(Self::data_err("read", off))?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` to volume `id` at byte `offset`. Durable at the next commit.
+    pub fn write(&mut self, id: VolumeId, offset: u64, data: &[u8]) -> Result<()> {
+        let d = self.details(id)?;
+        if d.read_only {
+            return Err(PoolError::ReadOnlyVolume(d.name));
+        }
+        self.check_range(&d, offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.tm.check_writable()?;
+        match self.write_inner(id, offset, data) {
+            Err(PoolError::Meta(MetaError::NoDataSpace)) => {
+                // Blocks freed by the last two commits are protected from reuse; two more
+                // commits release them. Retry once.
+                self.force_commit()?;
+                self.force_commit()?;
+                self.write_inner(id, offset, data)?;
+            }
+            other => other?,
+        }
+        self.maybe_auto_commit()
+    }
+
+    fn write_inner(&mut self, id: VolumeId, offset: u64, data: &[u8]) -> Result<()> {
+        let bs = self.block_size();
+        let end = offset + data.len() as u64;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let mut root = self.vol_root(id)?;
+
+        // 1. Plan: which blocks are written in place, which need a new block.
+        let mut plan = Vec::with_capacity((last - first + 1) as usize);
+        for vb in first..=last {
+            let t = match self.tm.btree_lookup_shared(root, MAPPING, vb)? {
+                Some((v, path_shared)) => {
+                    let (pb, _) = unpack_mapping(v);
+                    if !path_shared && self.tm.data_count(pb)? == 1 {
+                        Target::InPlace(pb.0)
+                    } else {
+                        Target::New { old: Some(pb.0) }
+                    }
+                }
+                None => Target::New { old: None },
+            };
+            plan.push((vb, t));
+        }
+
+        // 2. Allocate every new block up front: ENOSPC changes nothing.
+        let need = plan.iter().filter(|(_, t)| matches!(t, Target::New { .. })).count();
+        let mut fresh = Vec::with_capacity(need);
+        for _ in 0..need {
+            match self.tm.alloc_data() {
+                Ok(Some(b)) => fresh.push(b.0),
+                other => {
+                    for b in fresh {
+                        self.tm.data_dec(DataBlock(b))?;
+                    }
+                    other?;
+                    return Err(MetaError::NoDataSpace.into());
+                }
+            }
+        }
+        // Room for the tree updates, checked before the first change.
+        let inserts = need as u64;
+        if self.tm.meta_free_estimate() < 64 + inserts / 64 * 4 + 16 {
+            for b in fresh {
+                self.tm.data_dec(DataBlock(b))?;
+            }
+            return Err(MetaError::NoMetadataSpace.into());
+        }
+
+        // 3. Data I/O.
+        let mut runs = Runs::default();
+        let mut partial: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut fi = 0;
+        let mut inserts_todo = Vec::with_capacity(need);
+        for (vb, t) in &plan {
+            let bstart = (vb * bs).max(offset);
+            let bend = ((vb + 1) * bs).min(end);
+            let (ins, ine) = (bstart - vb * bs, bend - vb * bs);
+            let src = (bstart - offset) as usize;
+            let len = (bend - bstart) as usize;
+            match *t {
+                Target::InPlace(pb) => runs.push(pb * bs + ins, src, len),
+                Target::New { old } => {
+                    let nb = fresh[fi];
+                    fi += 1;
+                    inserts_todo.push((*vb, nb, old));
+                    if ins == 0 && ine == bs {
+                        runs.push(nb * bs, src, len);
+                    } else {
+                        let mut blk = vec![0u8; bs as usize];
+                        if let Some(o) = old {
+                            self.data
+                                .read_at(&mut blk, o * bs)
+                                .map_err(Self::data_err("read", o * bs))?;
+                        }
+                        blk[ins as usize..ine as usize].copy_from_slice(&data[src..src + len]);
+                        partial.push((nb * bs, blk));
+                    }
+                }
+            }
+        }
+        let io = (|| -> Result<()> {
+            for (off, src, len) in &runs.0 {
+                self.data
+                    .write_at(&data[*src..*src + *len], *off)
+                    .map_err(Self::data_err("write", *off))?;
+            }
+            for (off, blk) in &partial {
+                self.data.write_at(blk, *off).map_err(Self::data_err("write", *off))?;
+            }
+            Ok(())
+        })();
+        self.note_data_write();
+        if let Err(e) = io {
+            for b in fresh {
+                self.tm.data_dec(DataBlock(b))?;
+            }
+            return Err(e);
+        }
+
+        // 4. Metadata: map the new blocks, release what they replace.
+        if inserts_todo.is_empty() {
+            return Ok(());
+        }
+        let r = (|| -> Result<()> {
+            let mut newly = 0u64;
+            let time = self.time as u32;
+            for (vb, nb, _) in &inserts_todo {
+                let v = pack_mapping(DataBlock(*nb), time);
+                match self.tm.btree_insert(&mut root, MAPPING, *vb, &v.to_le_bytes())? {
+                    Some(old) => self.tm.dec_value(MAPPING, &old)?,
+                    None => newly += 1,
+                }
+            }
+            self.set_vol_root(id, root)?;
+            if newly > 0 {
+                let mut d = self.details(id)?;
+                d.mapped += newly;
+                self.put_details(id, &d)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            // A half-applied tree update cannot stand: return to the last commit.
+            self.abort();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unmap whole blocks `lo <= vb < hi` of a volume (no bounds or read-only checks).
+    pub(crate) fn unmap_blocks(&mut self, id: VolumeId, lo: u64, hi: u64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let maps = self.mappings(id, lo, hi, UNMAP_BATCH)?;
+            if maps.is_empty() {
+                break;
+            }
+            let mut root = self.vol_root(id)?;
+            let r = (|| -> Result<()> {
+                for (vb, _) in &maps {
+                    if let Some(old) = self.tm.btree_remove(&mut root, MAPPING, *vb)? {
+                        self.tm.dec_value(MAPPING, &old)?;
+                    }
+                }
+                self.set_vol_root(id, root)?;
+                let mut d = self.details(id)?;
+                d.mapped -= maps.len() as u64;
+                self.put_details(id, &d)
+            })();
+            if let Err(e) = r {
+                self.abort();
+                return Err(e);
+            }
+            total += maps.len() as u64;
+            if maps.len() < UNMAP_BATCH {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Write zeros over `[offset, offset+len)` inside mapped blocks only (unmapped blocks
+    /// already read as zeros). Whole blocks are unmapped instead.
+    pub(crate) fn zero_range(&mut self, id: VolumeId, d: &Details, offset: u64, len: u64) -> Result<()> {
+        self.check_range(d, offset, len)?;
+        let bs = self.block_size();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let vb = pos / bs;
+            let bend = ((vb + 1) * bs).min(end);
+            if pos == vb * bs && bend == (vb + 1) * bs {
+                self.unmap_blocks(id, vb, vb + 1)?;
+            } else if !self.mappings(id, vb, vb + 1, 1)?.is_empty() {
+                let zeros = vec![0u8; (bend - pos) as usize];
+                self.write_inner(id, pos, &zeros)?;
+            }
+            pos = bend;
+        }
+        Ok(())
+    }
+
+    /// Discard (trim) a byte range: whole blocks are unmapped and their space freed once no
+    /// volume shares them; partly covered blocks have the covered bytes zeroed.
+    pub fn discard(&mut self, id: VolumeId, offset: u64, len: u64) -> Result<()> {
+        let d = self.details(id)?;
+        if d.read_only {
+            return Err(PoolError::ReadOnlyVolume(d.name));
+        }
+        self.check_range(&d, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.tm.check_writable()?;
+        let bs = self.block_size();
+        let end = offset + len;
+        let full_lo = offset.div_ceil(bs);
+        let full_hi = end / bs;
+        if full_lo >= full_hi {
+            self.zero_range(id, &d, offset, len)?;
+        } else {
+            if offset < full_lo * bs {
+                self.zero_range(id, &d, offset, full_lo * bs - offset)?;
+            }
+            if end > full_hi * bs {
+                self.zero_range(id, &d, full_hi * bs, end - full_hi * bs)?;
+            }
+            self.unmap_blocks(id, full_lo, full_hi)?;
+        }
+        self.maybe_auto_commit()
+    }
+
+    /// Write zeros. With `may_unmap`, whole blocks are unmapped (like discard); otherwise
+    /// zeros are written and space stays allocated (NBD's NO_HOLE).
+    pub fn write_zeroes(&mut self, id: VolumeId, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        if may_unmap {
+            return self.discard(id, offset, len);
+        }
+        let d = self.details(id)?;
+        self.check_range(&d, offset, len)?;
+        let chunk = (4u64 << 20).max(self.block_size());
+        let zeros = vec![0u8; chunk as usize];
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = chunk.min(offset + len - pos);
+            self.write(id, pos, &zeros[..n as usize])?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// True when byte range `[offset, offset+len)` of the volume holds any mapped block.
+    pub fn is_mapped(&mut self, id: VolumeId, vb: u64) -> Result<bool> {
+        Ok(!self.mappings(id, vb, vb + 1, 1)?.is_empty())
+    }
+}

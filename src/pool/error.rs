@@ -1,0 +1,66 @@
+//! The library's umbrella error. Every message says what failed, where, and what to do.
+
+use crate::meta::MetaError;
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("data device {op} failed at byte {offset}: {source}")]
+    DataIo {
+        op: &'static str,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pool {0} is in use: another process has it open read-write (stop that process, or send commands through its `thinpool serve`)")]
+    InUse(PathBuf),
+    #[error("{0} is not a thinpool pool (no metadata file)")]
+    NotAPool(PathBuf),
+    #[error("{0} already exists and is not empty; choose a new directory for the pool")]
+    Exists(PathBuf),
+    #[error("no volume named '{0}' in this pool (see `thinpool list`)")]
+    NoSuchVolume(String),
+    #[error("a volume named '{0}' already exists")]
+    VolumeExists(String),
+    #[error("volume '{0}' is read-only")]
+    ReadOnlyVolume(String),
+    #[error("invalid volume name '{name}': {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("invalid size: {0}")]
+    InvalidSize(String),
+    #[error("range {offset}+{len} is outside volume '{name}' ({size} bytes)")]
+    OutOfRange {
+        name: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("'{snap}' is not a snapshot of '{vol}'")]
+    NotASnapshot { vol: String, snap: String },
+    #[error("the pool has too many volumes (ids exhausted)")]
+    TooManyVolumes,
+}
+
+impl PoolError {
+    /// The errno a block frontend should report for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            PoolError::Meta(MetaError::NoDataSpace) | PoolError::Meta(MetaError::NoMetadataSpace) => libc::ENOSPC,
+            PoolError::ReadOnlyVolume(_) | PoolError::Meta(MetaError::ReadOnly(_)) => libc::EPERM,
+            PoolError::OutOfRange { .. } | PoolError::InvalidSize(_) => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+}
+
+pub type Result<T, E = PoolError> = std::result::Result<T, E>;

@@ -1,0 +1,497 @@
+//! Pools and thin volumes: the public API every frontend (CLI, NBD, export) adapts.
+//!
+//! A pool is a directory with `metadata` and `data` files. The metadata holds two user trees
+//! (see [`crate::meta`]): the details tree (`id -> Details`) and the top-level mapping tree
+//! (`id -> root of the volume's mapping tree`). A volume's tree maps virtual blocks to data
+//! blocks. A snapshot shares the origin's tree root (one more reference: O(1)); a shared block
+//! is copied on its first write.
+//!
+//! Management operations commit before they return. Data writes become durable at the next
+//! [`Pool::commit`] (a flush), which frontends call on FLUSH/FUA and on a timer.
+
+mod data;
+pub mod details;
+mod error;
+mod volume;
+pub use volume::VolumeInfo;
+
+pub use details::Details;
+pub use error::{PoolError, Result};
+
+use crate::io::{BlockDev, FileDev};
+use crate::meta::btree::DEV_ROOTS;
+use crate::meta::journal::BlockRef;
+use crate::meta::label::{Label, FORMAT_VERSION};
+use crate::meta::txn::{OpenReport, Tm};
+use crate::meta::{MetaError, BLOCK_SIZE};
+use details::DETAILS;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Volume identifier (stable for the life of the volume).
+pub type VolumeId = u64;
+
+/// Default metadata cache: 8192 blocks (32 MiB).
+pub const DEFAULT_CACHE_BLOCKS: usize = 8192;
+/// Default data block size.
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 * 1024;
+/// Journal slots per ring.
+pub const RING_SLOTS: u32 = 64;
+/// Dirty metadata blocks after which a write commits on its own, bounding a transaction.
+const AUTO_COMMIT_DIRTY: usize = 2048;
+
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Data capacity in bytes (rounded down to whole blocks).
+    pub size: u64,
+    pub block_size: u64,
+    /// Metadata file size in bytes; default scales with the data size.
+    pub metadata_size: Option<u64>,
+    pub cache_blocks: usize,
+}
+
+impl CreateOptions {
+    pub fn new(size: u64) -> Self {
+        CreateOptions {
+            size,
+            block_size: DEFAULT_BLOCK_SIZE,
+            metadata_size: None,
+            cache_blocks: DEFAULT_CACHE_BLOCKS,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub read_only: bool,
+    pub cache_blocks: usize,
+    /// Open the state of an older commit (requires `read_only`).
+    pub at_seq: Option<u64>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            cache_blocks: DEFAULT_CACHE_BLOCKS,
+            at_seq: None,
+        }
+    }
+}
+
+/// Pool-wide figures (`thinpool pool info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub uuid: String,
+    pub format_version: u32,
+    pub block_size: u64,
+    pub data_blocks_total: u64,
+    pub data_blocks_used: u64,
+    pub metadata_blocks_total: u64,
+    pub metadata_blocks_used: u64,
+    pub seq: u64,
+    pub volumes: u64,
+    pub read_only: bool,
+}
+
+/// Default metadata size for a pool of `data_blocks` blocks: 64 bytes per data block
+/// (a mapping costs 16 bytes in a full leaf; the rest covers half-full leaves, snapshots'
+/// copied leaves, space maps and the two protected older states), at least 8 MiB.
+pub fn default_metadata_size(data_blocks: u64) -> u64 {
+    (data_blocks.saturating_mul(64)).clamp(8 << 20, 16 << 30).next_multiple_of(BLOCK_SIZE as u64)
+}
+
+pub struct Pool {
+    dir: PathBuf,
+    pub(crate) tm: Tm,
+    pub(crate) data: Arc<dyn BlockDev>,
+    _lock: Option<File>,
+    block_size: u64,
+    pub(crate) details_root: BlockRef,
+    pub(crate) top_root: BlockRef,
+    pub(crate) next_id: u64,
+    pub(crate) time: u64,
+    data_dirty: bool,
+    report: Option<OpenReport>,
+}
+
+fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: flock takes only the fd, which `file` keeps open for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(PoolError::InUse(path.to_path_buf()));
+        }
+        return Err(PoolError::Io {
+            path: path.to_path_buf(),
+            op: "flock",
+            source: e,
+        });
+    }
+    Ok(())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> PoolError {
+    let path = path.to_path_buf();
+    move |source| PoolError::Io {
+        path,
+        op,
+        source,
+    }
+}
+
+fn new_uuid() -> [u8; 16] {
+    use rand::RngCore;
+    let mut u = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut u);
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Check block-size rules: a power of two from 4 KiB to 1 GiB.
+pub fn validate_block_size(bs: u64) -> Result<()> {
+    if !bs.is_power_of_two() || !(4096..=1 << 30).contains(&bs) {
+        return Err(PoolError::InvalidSize(format!(
+            "block size {bs} must be a power of two from 4K to 1G"
+        )));
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Create a pool in directory `dir` (created if missing; must be empty).
+    pub fn create(dir: &Path, opts: &CreateOptions) -> Result<Pool> {
+        validate_block_size(opts.block_size)?;
+        let data_blocks = opts.size / opts.block_size;
+        if data_blocks == 0 {
+            return Err(PoolError::InvalidSize(format!(
+                "pool size {} is smaller than one block ({})",
+                opts.size, opts.block_size
+            )));
+        }
+        if data_blocks >= 1 << 40 {
+            return Err(PoolError::InvalidSize("pool is larger than 2^40 data blocks".into()));
+        }
+        let meta_size = opts.metadata_size.unwrap_or_else(|| default_metadata_size(data_blocks));
+        let meta_blocks = meta_size / BLOCK_SIZE as u64;
+        if meta_blocks < 1024 {
+            return Err(PoolError::InvalidSize(format!(
+                "metadata size {meta_size} is below the 4 MiB minimum"
+            )));
+        }
+        if meta_blocks > (16u64 << 30) / BLOCK_SIZE as u64 {
+            return Err(PoolError::InvalidSize("metadata size is above the 16 GiB maximum".into()));
+        }
+        if dir.exists() {
+            let non_empty = std::fs::read_dir(dir)
+                .map_err(io_err(dir, "read directory"))?
+                .next()
+                .is_some();
+            if non_empty || !dir.is_dir() {
+                return Err(PoolError::Exists(dir.to_path_buf()));
+            }
+        } else {
+            std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
+        }
+        let mpath = dir.join("metadata");
+        let dpath = dir.join("data");
+        let mdev = FileDev::create(&mpath).map_err(io_err(&mpath, "create"))?;
+        let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
+        lock(&lockf, dir, true)?;
+        let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
+        ddev.ensure_len(data_blocks * opts.block_size)
+            .map_err(io_err(&dpath, "size data file"))?;
+        let label = Label {
+            uuid: new_uuid(),
+            version: FORMAT_VERSION,
+            data_block_size: opts.block_size,
+            ring_slots: RING_SLOTS,
+            meta_blocks,
+            created: now(),
+        };
+        let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
+        let mut tm = Tm::create(mdev, label, data_blocks, opts.cache_blocks)?;
+        let details_root = tm.btree_empty(DETAILS)?;
+        let top_root = tm.btree_empty(DEV_ROOTS)?;
+        let mut pool = Pool {
+            dir: dir.to_path_buf(),
+            tm,
+            data: Arc::new(ddev),
+            _lock: Some(lockf),
+            block_size: opts.block_size,
+            details_root,
+            top_root,
+            next_id: 1,
+            time: 0,
+            data_dirty: true,
+            report: None,
+        };
+        pool.commit()?;
+        // The files exist for good only once the directory entry is durable.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "sync directory"))?;
+        Ok(pool)
+    }
+
+    /// Open an existing pool.
+    pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Pool> {
+        let mpath = dir.join("metadata");
+        let dpath = dir.join("data");
+        if !mpath.exists() {
+            return Err(PoolError::NotAPool(dir.to_path_buf()));
+        }
+        let writable = !opts.read_only;
+        if opts.at_seq.is_some() && writable {
+            return Err(PoolError::Meta(MetaError::ReadOnly(
+                "an older state can only be opened read-only".into(),
+            )));
+        }
+        let mdev = FileDev::open(&mpath, writable).map_err(io_err(&mpath, "open"))?;
+        let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
+        lock(&lockf, dir, writable)?;
+        let ddev = FileDev::open(&dpath, writable).map_err(io_err(&dpath, "open"))?;
+        let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
+        let (tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        let ([details_root, top_root], [next_id, time]) = tm.user_state();
+        let block_size = tm.label.data_block_size;
+        let need = tm.dsm.nr_blocks * block_size;
+        if ddev.len() < need && writable {
+            // A sparse data file that lost its tail (e.g. copied without sparseness) is
+            // restored to its size; reads past the end were zeros anyway.
+            ddev.ensure_len(need).map_err(io_err(&dpath, "size data file"))?;
+        }
+        Ok(Pool {
+            dir: dir.to_path_buf(),
+            tm,
+            data: Arc::new(ddev),
+            _lock: Some(lockf),
+            block_size,
+            details_root,
+            top_root,
+            next_id,
+            time,
+            data_dirty: false,
+            report: Some(report),
+        })
+    }
+
+    /// A pool on arbitrary devices (in-memory tests, simulations). No directory, no lock.
+    pub fn create_on(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &CreateOptions) -> Result<Pool> {
+        validate_block_size(opts.block_size)?;
+        let data_blocks = opts.size / opts.block_size;
+        let meta_size = opts.metadata_size.unwrap_or_else(|| default_metadata_size(data_blocks));
+        let label = Label {
+            uuid: new_uuid(),
+            version: FORMAT_VERSION,
+            data_block_size: opts.block_size,
+            ring_slots: RING_SLOTS,
+            meta_blocks: meta_size / BLOCK_SIZE as u64,
+            created: now(),
+        };
+        let mut tm = Tm::create(meta, label, data_blocks, opts.cache_blocks)?;
+        let details_root = tm.btree_empty(DETAILS)?;
+        let top_root = tm.btree_empty(DEV_ROOTS)?;
+        let mut pool = Pool {
+            dir: PathBuf::new(),
+            tm,
+            data,
+            _lock: None,
+            block_size: opts.block_size,
+            details_root,
+            top_root,
+            next_id: 1,
+            time: 0,
+            data_dirty: true,
+            report: None,
+        };
+        pool.commit()?;
+        Ok(pool)
+    }
+
+    /// Open a pool on arbitrary devices.
+    pub fn open_on(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &OpenOptions) -> Result<Pool> {
+        let (tm, report) = Tm::open_at(meta, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        let ([details_root, top_root], [next_id, time]) = tm.user_state();
+        let block_size = tm.label.data_block_size;
+        Ok(Pool {
+            dir: PathBuf::new(),
+            tm,
+            data,
+            _lock: None,
+            block_size,
+            details_root,
+            top_root,
+            next_id,
+            time,
+            data_dirty: false,
+            report: Some(report),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+    /// What open found in the journal (`None` for a pool created by this process).
+    pub fn open_report(&self) -> Option<&OpenReport> {
+        self.report.as_ref()
+    }
+    /// Sequence number of the last durable commit.
+    pub fn seq(&self) -> u64 {
+        self.tm.last.seq
+    }
+    pub fn is_read_only(&self) -> bool {
+        self.tm.read_only
+    }
+
+    /// Make everything done so far durable (data sync, then the metadata commit protocol).
+    /// A no-op when nothing changed.
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.tm.is_dirty() && !self.data_dirty {
+            return Ok(());
+        }
+        self.force_commit()
+    }
+
+    /// Commit even when nothing changed (advances the protected states).
+    pub(crate) fn force_commit(&mut self) -> Result<()> {
+        self.tm.check_writable()?;
+        if self.data_dirty {
+            if let Err(e) = self.data.flush() {
+                // Fail-stop: data whose durability is unknown is never acknowledged.
+                let err = PoolError::DataIo {
+                    op: "fdatasync",
+                    offset: 0,
+                    source: e,
+                };
+                self.tm.abort();
+                self.tm.read_only = true;
+                return Err(err);
+            }
+            self.data_dirty = false;
+        }
+        self.tm.commit([self.details_root, self.top_root], [self.next_id, self.time])?;
+        // Punch the data blocks this commit released (and that nothing reused since).
+        let freed = std::mem::take(&mut self.tm.data_freed);
+        for b in freed {
+            if self.tm.data_count(crate::meta::DataBlock(b))? == 0 {
+                let _ = self.data.punch_hole(b * self.block_size, self.block_size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Abort the transaction in progress after a failed operation: back to the last commit.
+    pub(crate) fn abort(&mut self) {
+        self.tm.abort();
+        let ([d, t], [n, time]) = self.tm.user_state();
+        self.details_root = d;
+        self.top_root = t;
+        self.next_id = n;
+        self.time = time;
+    }
+
+    /// Run a management operation as one transaction: committed on success, rolled back
+    /// entirely on failure.
+    pub(crate) fn atomically<T>(&mut self, f: impl FnOnce(&mut Pool) -> Result<T>) -> Result<T> {
+        self.tm.check_writable()?;
+        // Earlier data writes belong to the previous transaction: make them durable first so
+        // an abort below cannot take them away.
+        self.commit()?;
+        match f(self) {
+            Ok(v) => {
+                self.force_commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn maybe_auto_commit(&mut self) -> Result<()> {
+        if self.tm.bm.dirty_count() > AUTO_COMMIT_DIRTY {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn note_data_write(&mut self) {
+        self.data_dirty = true;
+    }
+
+    /// Pool-wide figures.
+    pub fn info(&mut self) -> Result<PoolInfo> {
+        let volumes = self.tm.btree_count(self.details_root, DETAILS)?;
+        Ok(PoolInfo {
+            uuid: format_uuid(&self.tm.label.uuid),
+            format_version: self.tm.label.version,
+            block_size: self.block_size,
+            data_blocks_total: self.tm.dsm.nr_blocks,
+            data_blocks_used: self.tm.dsm.nr_allocated,
+            metadata_blocks_total: self.tm.msm.nr_blocks,
+            metadata_blocks_used: self.tm.meta_used()?,
+            seq: self.tm.last.seq,
+            volumes,
+            read_only: self.tm.read_only,
+        })
+    }
+
+    /// Grow the data space to `size` bytes (shrinking a pool is not supported).
+    pub fn grow(&mut self, size: u64) -> Result<()> {
+        let blocks = size / self.block_size;
+        let cur = self.tm.dsm.nr_blocks;
+        if blocks < cur {
+            return Err(PoolError::InvalidSize(format!(
+                "new size {size} is smaller than the pool ({} bytes); pools only grow",
+                cur * self.block_size
+            )));
+        }
+        if blocks >= 1 << 40 {
+            return Err(PoolError::InvalidSize("pool is larger than 2^40 data blocks".into()));
+        }
+        if blocks == cur {
+            return Ok(());
+        }
+        self.data
+            .ensure_len(blocks * self.block_size)
+            .map_err(|source| PoolError::DataIo {
+                op: "grow",
+                offset: blocks * self.block_size,
+                source,
+            })?;
+        self.atomically(|p| Ok(p.tm.grow_data(blocks)?))
+    }
+
+    /// Test-only switch: commit with the record written before the new metadata is synced.
+    #[doc(hidden)]
+    pub fn set_broken_commit_order(&mut self, on: bool) {
+        self.tm.broken_commit_order = on;
+    }
+
+    /// Metadata cache statistics.
+    pub fn cache_stats(&self) -> crate::meta::cache::CacheStats {
+        self.tm.bm.stats
+    }
+}

@@ -1,0 +1,337 @@
+//! Volume management: create, snapshot, remove, resize, rename, rollback, list.
+//! Each operation is one transaction, committed before it returns.
+
+use super::details::{validate_name, Details, DETAILS, NO_ORIGIN};
+use super::{now, Pool, PoolError, Result, VolumeId};
+use crate::meta::btree::{decode_ref, encode_ref, Node, DEV_ROOTS, MAPPING};
+use crate::meta::journal::BlockRef;
+use crate::meta::DataBlock;
+
+/// What `thinpool list` and `info` show of a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    pub size: u64,
+    pub mapped_blocks: u64,
+    /// Mapped blocks no other volume shares (`None` when not computed).
+    pub exclusive_blocks: u64,
+    pub shared_blocks: u64,
+    pub origin: Option<String>,
+    pub read_only: bool,
+    pub created: u64,
+}
+
+impl Pool {
+    /// Every volume's id and details, in id order.
+    pub fn volumes(&mut self) -> Result<Vec<(VolumeId, Details)>> {
+        let mut out = Vec::new();
+        self.tm.btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
+            out.push((k, Details::decode(v)));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Resolve a volume name.
+    pub fn find(&mut self, name: &str) -> Result<(VolumeId, Details)> {
+        let mut found = None;
+        self.tm.btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
+            let d = Details::decode(v);
+            if d.name == name {
+                found = Some((k, d));
+                false
+            } else {
+                true
+            }
+        })?;
+        found.ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))
+    }
+
+    /// Resolve a volume name to its id.
+    pub fn volume_id(&mut self, name: &str) -> Result<VolumeId> {
+        Ok(self.find(name)?.0)
+    }
+
+    pub fn details(&mut self, id: VolumeId) -> Result<Details> {
+        let v = self
+            .tm
+            .btree_lookup(self.details_root, DETAILS, id)?
+            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
+        Ok(Details::decode(&v))
+    }
+
+    pub(crate) fn put_details(&mut self, id: VolumeId, d: &Details) -> Result<()> {
+        let mut root = self.details_root;
+        self.tm.btree_insert(&mut root, DETAILS, id, &d.encode())?;
+        self.details_root = root;
+        Ok(())
+    }
+
+    pub(crate) fn vol_root(&mut self, id: VolumeId) -> Result<BlockRef> {
+        let v = self
+            .tm
+            .btree_lookup(self.top_root, DEV_ROOTS, id)?
+            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
+        Ok(decode_ref(&v))
+    }
+
+    pub(crate) fn set_vol_root(&mut self, id: VolumeId, r: BlockRef) -> Result<Option<Vec<u8>>> {
+        let mut top = self.top_root;
+        let old = self.tm.btree_insert(&mut top, DEV_ROOTS, id, &encode_ref(r))?;
+        self.top_root = top;
+        Ok(old)
+    }
+
+    fn check_new_name(&mut self, name: &str) -> Result<()> {
+        validate_name(name).map_err(|why| PoolError::InvalidName {
+            name: name.to_string(),
+            why,
+        })?;
+        match self.find(name) {
+            Ok(_) => Err(PoolError::VolumeExists(name.to_string())),
+            Err(PoolError::NoSuchVolume(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn new_id(&mut self) -> Result<VolumeId> {
+        if self.next_id >= u64::MAX - 1 {
+            return Err(PoolError::TooManyVolumes);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Create a thin volume of `size` bytes (it may exceed the pool's capacity).
+    pub fn create_volume(&mut self, name: &str, size: u64, read_only: bool) -> Result<VolumeId> {
+        if size == 0 {
+            return Err(PoolError::InvalidSize("a volume size must be greater than zero".into()));
+        }
+        check_size_fits(size, self.block_size())?;
+        self.atomically(|p| {
+            p.check_new_name(name)?;
+            let id = p.new_id()?;
+            let root = p.tm.btree_empty(MAPPING)?;
+            p.set_vol_root(id, root)?;
+            let d = Details {
+                size,
+                mapped: 0,
+                created: now(),
+                snap_time: p.time as u32,
+                read_only,
+                origin: NO_ORIGIN,
+                created_seq: p.tm.gen,
+                name: name.to_string(),
+            };
+            p.put_details(id, &d)?;
+            Ok(id)
+        })
+    }
+
+    /// Snapshot `src` as `new`: O(1) whatever the size (one more reference on the root).
+    /// Every write done before this call is in the snapshot.
+    pub fn snapshot(&mut self, src: &str, new: &str, read_only: bool) -> Result<VolumeId> {
+        self.atomically(|p| {
+            let (sid, sd) = p.find(src)?;
+            p.check_new_name(new)?;
+            let root = p.vol_root(sid)?;
+            p.tm.btree_inc(root);
+            let id = p.new_id()?;
+            p.set_vol_root(id, root)?;
+            p.time += 1;
+            let d = Details {
+                size: sd.size,
+                mapped: sd.mapped,
+                created: now(),
+                snap_time: p.time as u32,
+                read_only,
+                origin: sid,
+                created_seq: p.tm.gen,
+                name: new.to_string(),
+            };
+            p.put_details(id, &d)?;
+            Ok(id)
+        })
+    }
+
+    /// Remove a volume; blocks no other volume shares are freed.
+    pub fn remove_volume(&mut self, name: &str) -> Result<()> {
+        self.atomically(|p| {
+            let (id, _) = p.find(name)?;
+            let mut top = p.top_root;
+            let old = p.tm.btree_remove(&mut top, DEV_ROOTS, id)?;
+            p.top_root = top;
+            if let Some(v) = old {
+                p.tm.dec_value(DEV_ROOTS, &v)?;
+            }
+            let mut droot = p.details_root;
+            p.tm.btree_remove(&mut droot, DETAILS, id)?;
+            p.details_root = droot;
+            // Snapshots of the removed volume become independent volumes.
+            for (cid, mut cd) in p.volumes()? {
+                if cd.origin == id {
+                    cd.origin = NO_ORIGIN;
+                    p.put_details(cid, &cd)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn rename(&mut self, old: &str, new: &str) -> Result<()> {
+        self.atomically(|p| {
+            let (id, mut d) = p.find(old)?;
+            if old == new {
+                return Ok(());
+            }
+            p.check_new_name(new)?;
+            d.name = new.to_string();
+            p.put_details(id, &d)
+        })
+    }
+
+    pub fn set_read_only(&mut self, name: &str, read_only: bool) -> Result<()> {
+        self.atomically(|p| {
+            let (id, mut d) = p.find(name)?;
+            d.read_only = read_only;
+            p.put_details(id, &d)
+        })
+    }
+
+    /// Grow or shrink a volume. Shrinking unmaps every block past the new end, and zeroes the
+    /// rest of a partly kept last block so a later grow reads zeros there.
+    pub fn resize(&mut self, name: &str, size: u64) -> Result<()> {
+        if size == 0 {
+            return Err(PoolError::InvalidSize("a volume size must be greater than zero".into()));
+        }
+        check_size_fits(size, self.block_size())?;
+        self.atomically(|p| {
+            let (id, d) = p.find(name)?;
+            if d.read_only {
+                return Err(PoolError::ReadOnlyVolume(name.to_string()));
+            }
+            if size < d.size {
+                let bs = p.block_size();
+                let tail = size % bs;
+                if tail != 0 {
+                    let end = (size - tail + bs).min(d.size);
+                    p.zero_range(id, &d, size, end - size)?;
+                }
+                let first_gone = size.div_ceil(bs);
+                p.unmap_blocks(id, first_gone, u64::MAX)?;
+            }
+            let mut d = p.details(id)?;
+            d.size = size;
+            p.put_details(id, &d)
+        })
+    }
+
+    /// Roll `vol` back to its snapshot `snap` (O(1): `vol` takes `snap`'s tree).
+    pub fn rollback(&mut self, vol: &str, snap: &str) -> Result<()> {
+        self.atomically(|p| {
+            let (vid, mut vd) = p.find(vol)?;
+            let (sid, sd) = p.find(snap)?;
+            if vd.read_only {
+                return Err(PoolError::ReadOnlyVolume(vol.to_string()));
+            }
+            // `snap` must descend from `vol` through snapshot origins.
+            let mut cur = sd.origin;
+            let mut hops = 0;
+            while cur != vid {
+                if cur == NO_ORIGIN || hops > 100_000 {
+                    return Err(PoolError::NotASnapshot {
+                        vol: vol.to_string(),
+                        snap: snap.to_string(),
+                    });
+                }
+                cur = p.details(cur).map(|d| d.origin).unwrap_or(NO_ORIGIN);
+                hops += 1;
+            }
+            let sroot = p.vol_root(sid)?;
+            p.tm.btree_inc(sroot);
+            if let Some(old) = p.set_vol_root(vid, sroot)? {
+                p.tm.dec_value(DEV_ROOTS, &old)?;
+            }
+            vd.size = sd.size;
+            vd.mapped = sd.mapped;
+            p.put_details(vid, &vd)
+        })
+    }
+
+    /// Mapped, exclusive and shared block counts of a volume (walks its tree).
+    pub fn usage(&mut self, id: VolumeId) -> Result<(u64, u64, u64)> {
+        let root = self.vol_root(id)?;
+        let (mut excl, mut shared) = (0u64, 0u64);
+        self.usage_walk(root, false, &mut excl, &mut shared)?;
+        Ok((excl + shared, excl, shared))
+    }
+
+    fn usage_walk(&mut self, r: BlockRef, shared: bool, excl: &mut u64, sh: &mut u64) -> Result<()> {
+        let shared = shared || self.tm.meta_count(r.block)? > 1;
+        let blk = self.tm.read_node(r, MAPPING)?;
+        let n = Node(&blk);
+        if n.is_leaf() {
+            for i in 0..n.nr() {
+                let (pb, _) = crate::meta::btree::unpack_mapping(u64::from_le_bytes(n.value(i).try_into().unwrap()));
+                if shared || self.tm.data_count(DataBlock(pb.0))? > 1 {
+                    *sh += 1;
+                } else {
+                    *excl += 1;
+                }
+            }
+            return Ok(());
+        }
+        for i in 0..n.nr() {
+            self.usage_walk(n.child(i), shared, excl, sh)?;
+        }
+        Ok(())
+    }
+
+    fn info_of(&mut self, id: VolumeId, d: Details, names: &[(VolumeId, Details)]) -> Result<VolumeInfo> {
+        let (mapped, excl, shared) = self.usage(id)?;
+        debug_assert_eq!(mapped, d.mapped);
+        let origin = names.iter().find(|(i, _)| *i == d.origin).map(|(_, o)| o.name.clone());
+        Ok(VolumeInfo {
+            id,
+            name: d.name,
+            size: d.size,
+            mapped_blocks: mapped,
+            exclusive_blocks: excl,
+            shared_blocks: shared,
+            origin,
+            read_only: d.read_only,
+            created: d.created,
+        })
+    }
+
+    /// Every volume with its usage.
+    pub fn list(&mut self) -> Result<Vec<VolumeInfo>> {
+        let vols = self.volumes()?;
+        let mut out = Vec::with_capacity(vols.len());
+        for (id, d) in vols.clone() {
+            out.push(self.info_of(id, d, &vols)?);
+        }
+        Ok(out)
+    }
+
+    /// One volume with its usage.
+    pub fn volume_info(&mut self, name: &str) -> Result<VolumeInfo> {
+        let vols = self.volumes()?;
+        let (id, d) = vols
+            .iter()
+            .find(|(_, d)| d.name == name)
+            .cloned()
+            .ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))?;
+        self.info_of(id, d, &vols)
+    }
+}
+
+/// Volume sizes are bounded so that every block number fits in a key.
+fn check_size_fits(size: u64, bs: u64) -> Result<()> {
+    if size > (1u64 << 63) || size.div_ceil(bs) >= 1 << 48 {
+        return Err(PoolError::InvalidSize(format!("volume size {size} is too large")));
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the system tools the end-to-end tests use (when missing),
+# then runs formatting, lint and every test. Usage: tools/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+want() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
+want qemu-img qemu-utils
+want qemu-io qemu-utils
+want nbdinfo libnbd-bin
+want nbdcopy libnbd-bin
+want nbdfuse nbdfuse
+want fio fio
+want thin_check thin-provisioning-tools
+want jq jq
+want mkfs.ext4 e2fsprogs
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing tools (${need_pkgs[*]}) and cannot apt-get install them" >&2
+    [ -n "${CI:-}" ] && exit 1
+  fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo build --release
+cargo test --release 2>&1 | tee /tmp/thinpool-test.log
