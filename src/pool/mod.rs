@@ -115,6 +115,8 @@ pub struct Pool {
     pub(crate) time: u64,
     data_dirty: bool,
     report: Option<OpenReport>,
+    /// Data blocks freed by the last commit's transaction, punched after the next commit.
+    punch_next: Vec<u64>,
 }
 
 fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
@@ -242,6 +244,7 @@ impl Pool {
             time: 0,
             data_dirty: true,
             report: None,
+            punch_next: Vec::new(),
         };
         pool.commit()?;
         // The files exist for good only once the directory entry is durable.
@@ -290,6 +293,7 @@ impl Pool {
             time,
             data_dirty: false,
             report: Some(report),
+            punch_next: Vec::new(),
         })
     }
 
@@ -321,6 +325,7 @@ impl Pool {
             time: 0,
             data_dirty: true,
             report: None,
+            punch_next: Vec::new(),
         };
         pool.commit()?;
         Ok(pool)
@@ -343,6 +348,7 @@ impl Pool {
             time,
             data_dirty: false,
             report: Some(report),
+            punch_next: Vec::new(),
         })
     }
 
@@ -391,10 +397,16 @@ impl Pool {
             self.data_dirty = false;
         }
         self.tm.commit([self.details_root, self.top_root], [self.next_id, self.time])?;
-        // Punch the data blocks this commit released (and that nothing reused since).
-        let freed = std::mem::take(&mut self.tm.data_freed);
-        for b in freed {
+        // Blocks freed in the previous transaction leave the protected window (S, S-1) with
+        // this commit and nothing can have reused them yet: punch them now, so the data file
+        // stays sparse without ever zeroing a block an older record still maps.
+        let leaving = std::mem::replace(
+            &mut self.punch_next,
+            std::mem::take(&mut self.tm.data_freed),
+        );
+        for b in leaving {
             if self.tm.data_count(crate::meta::DataBlock(b))? == 0 {
+                // Punching only reclaims file space; a failure leaves correct data behind.
                 let _ = self.data.punch_hole(b * self.block_size, self.block_size);
             }
         }
