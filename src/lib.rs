@@ -4,6 +4,7 @@
 //! [`meta`] (block manager, COW B-tree, space maps, superblock journal) over [`io`] (block
 //! devices). The CLI in `src/cli` is a thin adapter over [`pool::Pool`].
 
+pub mod check;
 pub mod io;
 pub mod meta;
 pub mod nbd;
