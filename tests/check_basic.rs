@@ -4,7 +4,7 @@ use std::sync::Arc;
 use thinpool::check;
 use thinpool::io::{BlockDev, MemDev};
 use thinpool::meta::BLOCK_SIZE;
-use thinpool::pool::{CreateOptions, OpenOptions, Pool};
+use thinpool::pool::{CreateOptions, Pool};
 
 fn build() -> (Arc<dyn BlockDev>, Arc<dyn BlockDev>) {
     let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(64 << 20).unwrap());

@@ -9,9 +9,11 @@
 
 mod file;
 mod mem;
+pub mod sim;
 
 pub use file::FileDev;
 pub use mem::MemDev;
+pub use sim::{SimDev, SimGroup};
 
 use std::io;
 

@@ -14,10 +14,10 @@ pub const HEADER_SIZE: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum BlockType {
-    Label = 0x7470_6c61,   // "alpt"
-    Record = 0x7470_7372,  // "rspt"
-    Node = 0x7470_6e62,    // "bnpt"
-    Bitmap = 0x7470_6d62,  // "bmpt"
+    Label = 0x7470_6c61,  // "alpt"
+    Record = 0x7470_7372, // "rspt"
+    Node = 0x7470_6e62,   // "bnpt"
+    Bitmap = 0x7470_6d62, // "bmpt"
 }
 
 impl BlockType {
@@ -133,7 +133,9 @@ pub fn verify(
         )));
     }
     if &buf[24..40] != uuid {
-        return Err(corrupt("block belongs to another pool (UUID mismatch)".into()));
+        return Err(corrupt(
+            "block belongs to another pool (UUID mismatch)".into(),
+        ));
     }
     Ok(ty)
 }

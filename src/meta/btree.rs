@@ -271,7 +271,11 @@ impl Tm {
         if n.kind_id() != kind.id {
             return Err(MetaError::corrupt(
                 r.block,
-                format!("node of tree kind {} found where kind {} was expected", n.kind_id(), kind.id),
+                format!(
+                    "node of tree kind {} found where kind {} was expected",
+                    n.kind_id(),
+                    kind.id
+                ),
             ));
         }
         let want_vs = if n.is_leaf() {
@@ -280,14 +284,23 @@ impl Tm {
             INTERNAL_VALUE
         };
         if n.value_size() != want_vs {
-            return Err(MetaError::corrupt(r.block, "node value size does not match its tree"));
+            return Err(MetaError::corrupt(
+                r.block,
+                "node value size does not match its tree",
+            ));
         }
-        n.validate_shape().map_err(|e| MetaError::corrupt(r.block, e))?;
+        n.validate_shape()
+            .map_err(|e| MetaError::corrupt(r.block, e))?;
         Ok(blk)
     }
 
     /// Look up `key`; returns a copy of its value.
-    pub fn btree_lookup(&mut self, root: BlockRef, kind: TreeKind, key: u64) -> Result<Option<Vec<u8>>> {
+    pub fn btree_lookup(
+        &mut self,
+        root: BlockRef,
+        kind: TreeKind,
+        key: u64,
+    ) -> Result<Option<Vec<u8>>> {
         let mut r = root;
         loop {
             let blk = self.read_node(r, kind)?;
@@ -303,7 +316,12 @@ impl Tm {
     }
 
     /// Look up a `u64` value and whether any node on its path is shared with another tree.
-    pub fn btree_lookup_shared(&mut self, root: BlockRef, kind: TreeKind, key: u64) -> Result<Option<(u64, bool)>> {
+    pub fn btree_lookup_shared(
+        &mut self,
+        root: BlockRef,
+        kind: TreeKind,
+        key: u64,
+    ) -> Result<Option<(u64, bool)>> {
         let mut r = root;
         let mut shared = false;
         loop {
@@ -436,7 +454,10 @@ impl Tm {
     pub fn btree_dec(&mut self, root: BlockRef, kind: TreeKind) -> Result<()> {
         let count = self.meta_count(root.block)?;
         if count == 0 {
-            return Err(MetaError::corrupt(root.block, "releasing a node that has no references"));
+            return Err(MetaError::corrupt(
+                root.block,
+                "releasing a node that has no references",
+            ));
         }
         if count == 1 {
             let blk = self.read_node(root, kind)?;
@@ -455,7 +476,13 @@ impl Tm {
 
     /// Insert or replace; returns the value that was replaced (its references are the
     /// caller's to drop).
-    pub fn btree_insert(&mut self, root: &mut BlockRef, kind: TreeKind, key: u64, value: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub fn btree_insert(
+        &mut self,
+        root: &mut BlockRef,
+        kind: TreeKind,
+        key: u64,
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
         debug_assert_eq!(value.len(), kind.value_size);
         let mut old = None;
         match self.insert_rec(*root, kind, key, value, &mut old)? {
@@ -519,7 +546,14 @@ impl Tm {
 
     /// Insert entry `(key, value)` at position `i` of the (shadowed) node `me`, splitting it
     /// in two when it is full.
-    fn insert_or_split(&mut self, me: BlockRef, kind: TreeKind, i: usize, key: u64, value: &[u8]) -> Result<Outcome> {
+    fn insert_or_split(
+        &mut self,
+        me: BlockRef,
+        kind: TreeKind,
+        i: usize,
+        key: u64,
+        value: &[u8],
+    ) -> Result<Outcome> {
         let (nr, max, leaf) = {
             let buf = self.bm.get_mut(me.block, BlockType::Node)?;
             let n = Node(buf);
@@ -554,7 +588,12 @@ impl Tm {
 
     /// Remove `key`; returns its value (whose references are the caller's to drop).
     /// Nothing is shadowed when the key is absent.
-    pub fn btree_remove(&mut self, root: &mut BlockRef, kind: TreeKind, key: u64) -> Result<Option<Vec<u8>>> {
+    pub fn btree_remove(
+        &mut self,
+        root: &mut BlockRef,
+        kind: TreeKind,
+        key: u64,
+    ) -> Result<Option<Vec<u8>>> {
         if self.btree_lookup(*root, kind, key)?.is_none() {
             return Ok(None);
         }
@@ -586,7 +625,13 @@ impl Tm {
         Ok(old)
     }
 
-    fn remove_rec(&mut self, r: BlockRef, kind: TreeKind, key: u64, old: &mut Option<Vec<u8>>) -> Result<BlockRef> {
+    fn remove_rec(
+        &mut self,
+        r: BlockRef,
+        kind: TreeKind,
+        key: u64,
+        old: &mut Option<Vec<u8>>,
+    ) -> Result<BlockRef> {
         let me = self.shadow_node(r, kind)?;
         let buf = self.bm.get_mut(me.block, BlockType::Node)?;
         let n = Node(buf);

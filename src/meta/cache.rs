@@ -169,7 +169,11 @@ impl BlockManager {
     pub fn write_dirty(&mut self) -> Result<(), MetaError> {
         let dirty = std::mem::take(&mut self.dirty);
         for b in dirty {
-            let blk = self.cache.peek(&b).expect("dirty block is resident").clone();
+            let blk = self
+                .cache
+                .peek(&b)
+                .expect("dirty block is resident")
+                .clone();
             self.write_out(MetaBlock(b), &blk)?;
         }
         Ok(())

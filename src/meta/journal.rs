@@ -122,7 +122,10 @@ impl Record {
             ));
         }
         if block::generation(buf) != rec.seq {
-            return Err(MetaError::corrupt(block, "record generation differs from its seq"));
+            return Err(MetaError::corrupt(
+                block,
+                "record generation differs from its seq",
+            ));
         }
         Ok(rec)
     }
@@ -146,7 +149,11 @@ pub struct SlotScan {
 }
 
 /// Read every slot of both rings.
-pub fn scan(dev: &dyn crate::io::BlockDev, uuid: &[u8; 16], ring_slots: u32) -> Result<Vec<SlotScan>, MetaError> {
+pub fn scan(
+    dev: &dyn crate::io::BlockDev,
+    uuid: &[u8; 16],
+    ring_slots: u32,
+) -> Result<Vec<SlotScan>, MetaError> {
     let n = ring_slots as usize;
     let mut buf = vec![0u8; 2 * n * BLOCK_SIZE];
     dev.read_at(&mut buf, BLOCK_SIZE as u64)

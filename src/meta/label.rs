@@ -44,7 +44,9 @@ impl Label {
             return Err(bad("metadata file is shorter than one block (truncated?)"));
         }
         if &buf[64..72] != MAGIC {
-            return Err(bad("no thinpool magic in block 0: not a thinpool metadata file"));
+            return Err(bad(
+                "no thinpool magic in block 0: not a thinpool metadata file",
+            ));
         }
         if block::block_type(buf) != Some(BlockType::Label)
             || block::compute_crc(BlockType::Label, buf) != block::stored_crc(buf)
@@ -72,7 +74,9 @@ impl Label {
         };
         let bs = label.data_block_size;
         if !bs.is_power_of_two() || !(4096..=1 << 30).contains(&bs) {
-            return Err(bad("data block size is not a power of two between 4 KiB and 1 GiB"));
+            return Err(bad(
+                "data block size is not a power of two between 4 KiB and 1 GiB",
+            ));
         }
         if label.ring_slots == 0 || label.ring_slots > 1024 {
             return Err(bad("journal ring size out of range"));

@@ -91,7 +91,10 @@ impl Tm {
         }
         let root = self.sm(k).roots.index;
         let v = self.btree_lookup(root, SM_INDEX, pi)?.ok_or_else(|| {
-            MetaError::corrupt(root.block, format!("space map index has no entry for page {pi}"))
+            MetaError::corrupt(
+                root.block,
+                format!("space map index has no entry for page {pi}"),
+            )
         })?;
         let r = decode_ref(&v);
         self.page_memo.insert((sm_tag(k), pi), r);
@@ -105,7 +108,9 @@ impl Tm {
         }
         let r = match self.sm(k).protected[which as usize] {
             None => None,
-            Some(root) => self.btree_lookup(root, SM_INDEX, pi)?.map(|v| decode_ref(&v)),
+            Some(root) => self
+                .btree_lookup(root, SM_INDEX, pi)?
+                .map(|v| decode_ref(&v)),
         };
         self.prot_memo.insert((sm_tag(k), which, pi), r);
         Ok(r)
@@ -134,7 +139,10 @@ impl Tm {
         if b >= self.sm(k).nr_blocks {
             return Err(MetaError::corrupt(
                 MetaBlock(0),
-                format!("{k:?} block {b} is beyond the space map ({} blocks)", self.sm(k).nr_blocks),
+                format!(
+                    "{k:?} block {b} is beyond the space map ({} blocks)",
+                    self.sm(k).nr_blocks
+                ),
             ));
         }
         let pr = self.page_ref(k, b / ENTRIES_PER_PAGE)?;
@@ -145,7 +153,10 @@ impl Tm {
         }
         let root = self.sm(k).roots.overflow;
         let c = self.btree_lookup(root, SM_OVERFLOW, b)?.ok_or_else(|| {
-            MetaError::corrupt(root.block, format!("overflow tree has no count for {k:?} block {b}"))
+            MetaError::corrupt(
+                root.block,
+                format!("overflow tree has no count for {k:?} block {b}"),
+            )
         })?;
         Ok(block::get_u64(&c, 0))
     }
@@ -284,7 +295,9 @@ impl Tm {
         if !self.applying && self.meta_free_estimate() < META_RESERVE {
             return Err(MetaError::NoMetadataSpace);
         }
-        let b = self.find_free(SmKind::Meta)?.ok_or(MetaError::NoMetadataSpace)?;
+        let b = self
+            .find_free(SmKind::Meta)?
+            .ok_or(MetaError::NoMetadataSpace)?;
         self.meta_delta(MetaBlock(b), 1);
         self.mark_shadowed(MetaBlock(b));
         Ok(MetaBlock(b))
@@ -292,8 +305,8 @@ impl Tm {
 
     /// Free metadata blocks, counting this transaction's allocations (not its frees).
     pub fn meta_free_estimate(&self) -> u64 {
-        let allocated = self.msm.nr_allocated as i64
-            + self.pending.values().filter(|&&d| d > 0).sum::<i64>();
+        let allocated =
+            self.msm.nr_allocated as i64 + self.pending.values().filter(|&&d| d > 0).sum::<i64>();
         (self.msm.nr_blocks as i64 - allocated).max(0) as u64
     }
 
@@ -476,7 +489,10 @@ impl Tm {
             let stored = self.sm_count(SmKind::Meta, b)? as i64;
             let new = stored + d;
             if new < 0 {
-                return Err(MetaError::corrupt(MetaBlock(b), "reference count would go below zero"));
+                return Err(MetaError::corrupt(
+                    MetaBlock(b),
+                    "reference count would go below zero",
+                ));
             }
             self.sm_set(SmKind::Meta, b, new as u64)?;
             // Deltas added for `b` while applying stay pending.
@@ -485,7 +501,12 @@ impl Tm {
         Ok(())
     }
 
-    fn build_record(&mut self, seq: u64, user: [BlockRef; 2], counters: [u64; 2]) -> Result<Record> {
+    fn build_record(
+        &mut self,
+        seq: u64,
+        user: [BlockRef; 2],
+        counters: [u64; 2],
+    ) -> Result<Record> {
         let mut roots = [Root::default(); NR_ROOTS];
         let mut set = |tm: &mut Tm, id: RootId, r: BlockRef, ty: BlockType| -> Result<()> {
             let crc = tm.bm.crc_of(r.block, ty)?;
@@ -494,16 +515,44 @@ impl Tm {
         };
         set(self, RootId::User0, user[0], BlockType::Node)?;
         set(self, RootId::User1, user[1], BlockType::Node)?;
-        set(self, RootId::DataIndex, self.dsm.roots.index, BlockType::Node)?;
-        set(self, RootId::DataOverflow, self.dsm.roots.overflow, BlockType::Node)?;
-        set(self, RootId::MetaIndex, self.msm.roots.index, BlockType::Node)?;
-        set(self, RootId::MetaOverflow, self.msm.roots.overflow, BlockType::Node)?;
+        set(
+            self,
+            RootId::DataIndex,
+            self.dsm.roots.index,
+            BlockType::Node,
+        )?;
+        set(
+            self,
+            RootId::DataOverflow,
+            self.dsm.roots.overflow,
+            BlockType::Node,
+        )?;
+        set(
+            self,
+            RootId::MetaIndex,
+            self.msm.roots.index,
+            BlockType::Node,
+        )?;
+        set(
+            self,
+            RootId::MetaOverflow,
+            self.msm.roots.overflow,
+            BlockType::Node,
+        )?;
         // The previous state's indexes: the record's own S-1 protection. Their blocks are
         // protected, so their crcs are those recorded when they were committed.
         let prev_d = self.last.root(RootId::DataIndex);
         let prev_m = self.last.root(RootId::MetaIndex);
-        roots[RootId::PrevDataIndex as usize] = if self.dsm.protected[0].is_some() { prev_d } else { Root::default() };
-        roots[RootId::PrevMetaIndex as usize] = if self.msm.protected[0].is_some() { prev_m } else { Root::default() };
+        roots[RootId::PrevDataIndex as usize] = if self.dsm.protected[0].is_some() {
+            prev_d
+        } else {
+            Root::default()
+        };
+        roots[RootId::PrevMetaIndex as usize] = if self.msm.protected[0].is_some() {
+            prev_m
+        } else {
+            Root::default()
+        };
         let slot = (seq % self.label.ring_slots as u64) as u32;
         Ok(Record {
             seq,
@@ -540,7 +589,12 @@ impl Tm {
 
     /// Initialise a new metadata device. The caller builds its user trees with
     /// [`Tm::btree_empty`] and commits.
-    pub fn create(dev: Arc<dyn BlockDev>, label: Label, data_blocks: u64, cache_blocks: usize) -> Result<Tm> {
+    pub fn create(
+        dev: Arc<dyn BlockDev>,
+        label: Label,
+        data_blocks: u64,
+        cache_blocks: usize,
+    ) -> Result<Tm> {
         let meta_blocks = label.meta_blocks;
         dev.ensure_len(meta_blocks * BLOCK_SIZE as u64)
             .map_err(|e| MetaError::io("size metadata device", MetaBlock(0), e))?;
@@ -605,7 +659,11 @@ impl Tm {
     }
 
     /// Open a metadata device: pick the newest record whose roots verify.
-    pub fn open(dev: Arc<dyn BlockDev>, cache_blocks: usize, read_only: bool) -> Result<(Tm, OpenReport)> {
+    pub fn open(
+        dev: Arc<dyn BlockDev>,
+        cache_blocks: usize,
+        read_only: bool,
+    ) -> Result<(Tm, OpenReport)> {
         Self::open_at(dev, cache_blocks, read_only, None)
     }
 
@@ -668,7 +726,10 @@ impl Tm {
             Some(r) => r,
             None => {
                 let why = if let Some(at) = at {
-                    format!("no usable record with seq {at} (valid seqs: {:?})", recs.iter().map(|r| r.seq).collect::<Vec<_>>())
+                    format!(
+                        "no usable record with seq {at} (valid seqs: {:?})",
+                        recs.iter().map(|r| r.seq).collect::<Vec<_>>()
+                    )
                 } else {
                     format!("every recent record is damaged: {skipped:?}")
                 };
@@ -676,8 +737,14 @@ impl Tm {
             }
         };
         let prot = |r: Root| if r.r.block.0 == 0 { None } else { Some(r.r) };
-        let msm_prot = [Some(rec.root(RootId::MetaIndex).r), prot(rec.root(RootId::PrevMetaIndex))];
-        let dsm_prot = [Some(rec.root(RootId::DataIndex).r), prot(rec.root(RootId::PrevDataIndex))];
+        let msm_prot = [
+            Some(rec.root(RootId::MetaIndex).r),
+            prot(rec.root(RootId::PrevMetaIndex)),
+        ];
+        let dsm_prot = [
+            Some(rec.root(RootId::DataIndex).r),
+            prot(rec.root(RootId::PrevDataIndex)),
+        ];
         let tm = Tm {
             bm,
             gen: newest + 1,
@@ -708,16 +775,34 @@ impl Tm {
     /// The user roots and counters of the last durable record.
     pub fn user_state(&self) -> ([BlockRef; 2], [u64; 2]) {
         (
-            [self.last.root(RootId::User0).r, self.last.root(RootId::User1).r],
+            [
+                self.last.root(RootId::User0).r,
+                self.last.root(RootId::User1).r,
+            ],
             self.last.counters,
         )
     }
 }
 
-fn sm_from_record(k: SmKind, rec: &Record, protected: [Option<BlockRef>; 2], cursor: u64) -> SpaceMap {
+fn sm_from_record(
+    k: SmKind,
+    rec: &Record,
+    protected: [Option<BlockRef>; 2],
+    cursor: u64,
+) -> SpaceMap {
     let (idx, ovf, nr, alloc) = match k {
-        SmKind::Meta => (RootId::MetaIndex, RootId::MetaOverflow, rec.meta_blocks, rec.meta_allocated),
-        SmKind::Data => (RootId::DataIndex, RootId::DataOverflow, rec.data_blocks, rec.data_allocated),
+        SmKind::Meta => (
+            RootId::MetaIndex,
+            RootId::MetaOverflow,
+            rec.meta_blocks,
+            rec.meta_allocated,
+        ),
+        SmKind::Data => (
+            RootId::DataIndex,
+            RootId::DataOverflow,
+            rec.data_blocks,
+            rec.data_allocated,
+        ),
     };
     SpaceMap {
         kind: k,
@@ -747,10 +832,20 @@ fn verify_roots(bm: &mut BlockManager, rec: &Record) -> std::result::Result<(), 
         block::verify(&raw, Some(BlockType::Node), root.r.block, bm.uuid())
             .map_err(|e| format!("{id:?} root: {e}"))?;
         if block::stored_crc(&raw) != root.crc {
-            return Err(format!("{id:?} root {} has crc {:#x}, record says {:#x}", root.r.block, block::stored_crc(&raw), root.crc));
+            return Err(format!(
+                "{id:?} root {} has crc {:#x}, record says {:#x}",
+                root.r.block,
+                block::stored_crc(&raw),
+                root.crc
+            ));
         }
         if block::generation(&raw) != root.r.gen {
-            return Err(format!("{id:?} root {} has generation {}, record says {}", root.r.block, block::generation(&raw), root.r.gen));
+            return Err(format!(
+                "{id:?} root {} has generation {}, record says {}",
+                root.r.block,
+                block::generation(&raw),
+                root.r.gen
+            ));
         }
     }
     Ok(())

@@ -59,7 +59,13 @@ impl Pool {
     }
 
     /// Mappings `(virtual block, data block)` of a volume with `lo <= vb < hi`, at most `limit`.
-    pub fn mappings(&mut self, id: VolumeId, lo: u64, hi: u64, limit: usize) -> Result<Vec<(u64, u64)>> {
+    pub fn mappings(
+        &mut self,
+        id: VolumeId,
+        lo: u64,
+        hi: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>> {
         let root = self.vol_root(id)?;
         let mut out = Vec::new();
         self.tm.btree_walk(root, MAPPING, lo, hi, &mut |k, v| {
@@ -73,7 +79,9 @@ impl Pool {
     /// Read raw bytes of a data block (export, diff).
     pub fn read_data_block(&self, pb: u64, buf: &mut [u8]) -> Result<()> {
         let off = pb * self.block_size();
-        self.data.read_at(buf, off).map_err(Self::data_err("read", off))
+        self.data
+            .read_at(buf, off)
+            .map_err(Self::data_err("read", off))
     }
 
     /// Read `buf.len()` bytes of volume `id` from byte `offset`.
@@ -117,20 +125,31 @@ impl Pool {
             return Ok(());
         }
         self.tm.check_writable()?;
-        match self.write_inner(id, offset, data) {
+        match self.write_inner(id, d.snap_time, offset, data) {
             Err(PoolError::Meta(MetaError::NoDataSpace)) => {
                 // Blocks freed by the last two commits are protected from reuse; two more
                 // commits release them. Retry once.
                 self.force_commit()?;
                 self.force_commit()?;
-                self.write_inner(id, offset, data)?;
+                self.write_inner(id, d.snap_time, offset, data)?;
             }
             other => other?,
         }
         self.maybe_auto_commit()
     }
 
-    fn write_inner(&mut self, id: VolumeId, offset: u64, data: &[u8]) -> Result<()> {
+    /// `snap_time`: the pool time of the volume's last snapshot (or rollback). A mapping
+    /// written before it may still be shared by a committed state even when no current
+    /// reference shares it (the other sharer may have copied its block away in this very
+    /// transaction), so it is never written in place: a crash would show the new bytes
+    /// through the committed snapshot. This is dm-thin's `snapshotted_since` rule.
+    fn write_inner(
+        &mut self,
+        id: VolumeId,
+        snap_time: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
         let bs = self.block_size();
         let end = offset + data.len() as u64;
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -141,8 +160,8 @@ impl Pool {
         for vb in first..=last {
             let t = match self.tm.btree_lookup_shared(root, MAPPING, vb)? {
                 Some((v, path_shared)) => {
-                    let (pb, _) = unpack_mapping(v);
-                    if !path_shared && self.tm.data_count(pb)? == 1 {
+                    let (pb, time) = unpack_mapping(v);
+                    if time >= snap_time && !path_shared && self.tm.data_count(pb)? == 1 {
                         Target::InPlace(pb.0)
                     } else {
                         Target::New { old: Some(pb.0) }
@@ -154,7 +173,10 @@ impl Pool {
         }
 
         // 2. Allocate every new block up front: ENOSPC changes nothing.
-        let need = plan.iter().filter(|(_, t)| matches!(t, Target::New { .. })).count();
+        let need = plan
+            .iter()
+            .filter(|(_, t)| matches!(t, Target::New { .. }))
+            .count();
         let mut fresh = Vec::with_capacity(need);
         for _ in 0..need {
             match self.tm.alloc_data() {
@@ -216,7 +238,9 @@ impl Pool {
                     .map_err(Self::data_err("write", *off))?;
             }
             for (off, blk) in &partial {
-                self.data.write_at(blk, *off).map_err(Self::data_err("write", *off))?;
+                self.data
+                    .write_at(blk, *off)
+                    .map_err(Self::data_err("write", *off))?;
             }
             Ok(())
         })();
@@ -237,7 +261,10 @@ impl Pool {
             let time = self.time as u32;
             for (vb, nb, _) in &inserts_todo {
                 let v = pack_mapping(DataBlock(*nb), time);
-                match self.tm.btree_insert(&mut root, MAPPING, *vb, &v.to_le_bytes())? {
+                match self
+                    .tm
+                    .btree_insert(&mut root, MAPPING, *vb, &v.to_le_bytes())?
+                {
                     Some(old) => self.tm.dec_value(MAPPING, &old)?,
                     None => newly += 1,
                 }
@@ -292,7 +319,13 @@ impl Pool {
 
     /// Write zeros over `[offset, offset+len)` inside mapped blocks only (unmapped blocks
     /// already read as zeros). Whole blocks are unmapped instead.
-    pub(crate) fn zero_range(&mut self, id: VolumeId, d: &Details, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn zero_range(
+        &mut self,
+        id: VolumeId,
+        d: &Details,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
         self.check_range(d, offset, len)?;
         let bs = self.block_size();
         let end = offset + len;
@@ -304,7 +337,7 @@ impl Pool {
                 self.unmap_blocks(id, vb, vb + 1)?;
             } else if !self.mappings(id, vb, vb + 1, 1)?.is_empty() {
                 let zeros = vec![0u8; (bend - pos) as usize];
-                self.write_inner(id, pos, &zeros)?;
+                self.write_inner(id, d.snap_time, pos, &zeros)?;
             }
             pos = bend;
         }
@@ -343,7 +376,13 @@ impl Pool {
 
     /// Write zeros. With `may_unmap`, whole blocks are unmapped (like discard); otherwise
     /// zeros are written and space stays allocated (NBD's NO_HOLE).
-    pub fn write_zeroes(&mut self, id: VolumeId, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+    pub fn write_zeroes(
+        &mut self,
+        id: VolumeId,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+    ) -> Result<()> {
         if may_unmap {
             return self.discard(id, offset, len);
         }

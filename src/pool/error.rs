@@ -49,13 +49,16 @@ pub enum PoolError {
     NotASnapshot { vol: String, snap: String },
     #[error("the pool has too many volumes (ids exhausted)")]
     TooManyVolumes,
+    #[error("the pool's snapshot counter is exhausted (2^24 snapshots and rollbacks)")]
+    TooManySnapshots,
 }
 
 impl PoolError {
     /// The errno a block frontend should report for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            PoolError::Meta(MetaError::NoDataSpace) | PoolError::Meta(MetaError::NoMetadataSpace) => libc::ENOSPC,
+            PoolError::Meta(MetaError::NoDataSpace)
+            | PoolError::Meta(MetaError::NoMetadataSpace) => libc::ENOSPC,
             PoolError::ReadOnlyVolume(_) | PoolError::Meta(MetaError::ReadOnly(_)) => libc::EPERM,
             PoolError::OutOfRange { .. } | PoolError::InvalidSize(_) => libc::EINVAL,
             _ => libc::EIO,

@@ -100,7 +100,9 @@ pub struct PoolInfo {
 /// (a mapping costs 16 bytes in a full leaf; the rest covers half-full leaves, snapshots'
 /// copied leaves, space maps and the two protected older states), at least 8 MiB.
 pub fn default_metadata_size(data_blocks: u64) -> u64 {
-    (data_blocks.saturating_mul(64)).clamp(8 << 20, 16 << 30).next_multiple_of(BLOCK_SIZE as u64)
+    (data_blocks.saturating_mul(64))
+        .clamp(8 << 20, 16 << 30)
+        .next_multiple_of(BLOCK_SIZE as u64)
 }
 
 pub struct Pool {
@@ -120,7 +122,11 @@ pub struct Pool {
 }
 
 fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
     // SAFETY: flock takes only the fd, which `file` keeps open for the duration of the call.
     let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
     if rc != 0 {
@@ -146,11 +152,7 @@ fn now() -> u64 {
 
 fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> PoolError {
     let path = path.to_path_buf();
-    move |source| PoolError::Io {
-        path,
-        op,
-        source,
-    }
+    move |source| PoolError::Io { path, op, source }
 }
 
 fn new_uuid() -> [u8; 16] {
@@ -164,7 +166,14 @@ fn new_uuid() -> [u8; 16] {
 
 pub fn format_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Check block-size rules: a power of two from 4 KiB to 1 GiB.
@@ -189,9 +198,13 @@ impl Pool {
             )));
         }
         if data_blocks >= 1 << 40 {
-            return Err(PoolError::InvalidSize("pool is larger than 2^40 data blocks".into()));
+            return Err(PoolError::InvalidSize(
+                "pool is larger than 2^40 data blocks".into(),
+            ));
         }
-        let meta_size = opts.metadata_size.unwrap_or_else(|| default_metadata_size(data_blocks));
+        let meta_size = opts
+            .metadata_size
+            .unwrap_or_else(|| default_metadata_size(data_blocks));
         let meta_blocks = meta_size / BLOCK_SIZE as u64;
         if meta_blocks < 1024 {
             return Err(PoolError::InvalidSize(format!(
@@ -199,7 +212,9 @@ impl Pool {
             )));
         }
         if meta_blocks > (16u64 << 30) / BLOCK_SIZE as u64 {
-            return Err(PoolError::InvalidSize("metadata size is above the 16 GiB maximum".into()));
+            return Err(PoolError::InvalidSize(
+                "metadata size is above the 16 GiB maximum".into(),
+            ));
         }
         if dir.exists() {
             let non_empty = std::fs::read_dir(dir)
@@ -279,7 +294,8 @@ impl Pool {
         if ddev.len() < need && writable {
             // A sparse data file that lost its tail (e.g. copied without sparseness) is
             // restored to its size; reads past the end were zeros anyway.
-            ddev.ensure_len(need).map_err(io_err(&dpath, "size data file"))?;
+            ddev.ensure_len(need)
+                .map_err(io_err(&dpath, "size data file"))?;
         }
         Ok(Pool {
             dir: dir.to_path_buf(),
@@ -298,10 +314,16 @@ impl Pool {
     }
 
     /// A pool on arbitrary devices (in-memory tests, simulations). No directory, no lock.
-    pub fn create_on(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &CreateOptions) -> Result<Pool> {
+    pub fn create_on(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: &CreateOptions,
+    ) -> Result<Pool> {
         validate_block_size(opts.block_size)?;
         let data_blocks = opts.size / opts.block_size;
-        let meta_size = opts.metadata_size.unwrap_or_else(|| default_metadata_size(data_blocks));
+        let meta_size = opts
+            .metadata_size
+            .unwrap_or_else(|| default_metadata_size(data_blocks));
         let label = Label {
             uuid: new_uuid(),
             version: FORMAT_VERSION,
@@ -332,7 +354,11 @@ impl Pool {
     }
 
     /// Open a pool on arbitrary devices.
-    pub fn open_on(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &OpenOptions) -> Result<Pool> {
+    pub fn open_on(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: &OpenOptions,
+    ) -> Result<Pool> {
         let (tm, report) = Tm::open_at(meta, opts.cache_blocks, opts.read_only, opts.at_seq)?;
         let ([details_root, top_root], [next_id, time]) = tm.user_state();
         let block_size = tm.label.data_block_size;
@@ -396,7 +422,10 @@ impl Pool {
             }
             self.data_dirty = false;
         }
-        self.tm.commit([self.details_root, self.top_root], [self.next_id, self.time])?;
+        self.tm.commit(
+            [self.details_root, self.top_root],
+            [self.next_id, self.time],
+        )?;
         // Blocks freed in the previous transaction leave the protected window (S, S-1) with
         // this commit and nothing can have reused them yet: punch them now, so the data file
         // stays sparse without ever zeroing a block an older record still maps.
@@ -481,7 +510,9 @@ impl Pool {
             )));
         }
         if blocks >= 1 << 40 {
-            return Err(PoolError::InvalidSize("pool is larger than 2^40 data blocks".into()));
+            return Err(PoolError::InvalidSize(
+                "pool is larger than 2^40 data blocks".into(),
+            ));
         }
         if blocks == cur {
             return Ok(());

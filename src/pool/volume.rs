@@ -26,25 +26,27 @@ impl Pool {
     /// Every volume's id and details, in id order.
     pub fn volumes(&mut self) -> Result<Vec<(VolumeId, Details)>> {
         let mut out = Vec::new();
-        self.tm.btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
-            out.push((k, Details::decode(v)));
-            true
-        })?;
+        self.tm
+            .btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
+                out.push((k, Details::decode(v)));
+                true
+            })?;
         Ok(out)
     }
 
     /// Resolve a volume name.
     pub fn find(&mut self, name: &str) -> Result<(VolumeId, Details)> {
         let mut found = None;
-        self.tm.btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
-            let d = Details::decode(v);
-            if d.name == name {
-                found = Some((k, d));
-                false
-            } else {
-                true
-            }
-        })?;
+        self.tm
+            .btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
+                let d = Details::decode(v);
+                if d.name == name {
+                    found = Some((k, d));
+                    false
+                } else {
+                    true
+                }
+            })?;
         found.ok_or_else(|| PoolError::NoSuchVolume(name.to_string()))
     }
 
@@ -78,7 +80,9 @@ impl Pool {
 
     pub(crate) fn set_vol_root(&mut self, id: VolumeId, r: BlockRef) -> Result<Option<Vec<u8>>> {
         let mut top = self.top_root;
-        let old = self.tm.btree_insert(&mut top, DEV_ROOTS, id, &encode_ref(r))?;
+        let old = self
+            .tm
+            .btree_insert(&mut top, DEV_ROOTS, id, &encode_ref(r))?;
         self.top_root = top;
         Ok(old)
     }
@@ -95,6 +99,15 @@ impl Pool {
         }
     }
 
+    /// Advance the pool's snapshot time (24 bits in mappings, like dm-thin).
+    fn bump_time(&mut self) -> Result<()> {
+        if self.time >= 0xff_ffff {
+            return Err(PoolError::TooManySnapshots);
+        }
+        self.time += 1;
+        Ok(())
+    }
+
     fn new_id(&mut self) -> Result<VolumeId> {
         if self.next_id >= u64::MAX - 1 {
             return Err(PoolError::TooManyVolumes);
@@ -107,7 +120,9 @@ impl Pool {
     /// Create a thin volume of `size` bytes (it may exceed the pool's capacity).
     pub fn create_volume(&mut self, name: &str, size: u64, read_only: bool) -> Result<VolumeId> {
         if size == 0 {
-            return Err(PoolError::InvalidSize("a volume size must be greater than zero".into()));
+            return Err(PoolError::InvalidSize(
+                "a volume size must be greater than zero".into(),
+            ));
         }
         check_size_fits(size, self.block_size())?;
         self.atomically(|p| {
@@ -140,7 +155,11 @@ impl Pool {
             p.tm.btree_inc(root);
             let id = p.new_id()?;
             p.set_vol_root(id, root)?;
-            p.time += 1;
+            p.bump_time()?;
+            // Both sides now share every mapping: neither may write one in place again.
+            let mut sd = sd;
+            sd.snap_time = p.time as u32;
+            p.put_details(sid, &sd)?;
             let d = Details {
                 size: sd.size,
                 mapped: sd.mapped,
@@ -204,7 +223,9 @@ impl Pool {
     /// rest of a partly kept last block so a later grow reads zeros there.
     pub fn resize(&mut self, name: &str, size: u64) -> Result<()> {
         if size == 0 {
-            return Err(PoolError::InvalidSize("a volume size must be greater than zero".into()));
+            return Err(PoolError::InvalidSize(
+                "a volume size must be greater than zero".into(),
+            ));
         }
         check_size_fits(size, self.block_size())?;
         self.atomically(|p| {
@@ -256,7 +277,12 @@ impl Pool {
             }
             vd.size = sd.size;
             vd.mapped = sd.mapped;
-            p.put_details(vid, &vd)
+            p.bump_time()?;
+            vd.snap_time = p.time as u32;
+            p.put_details(vid, &vd)?;
+            let mut sd = sd;
+            sd.snap_time = p.time as u32;
+            p.put_details(sid, &sd)
         })
     }
 
@@ -268,13 +294,21 @@ impl Pool {
         Ok((excl + shared, excl, shared))
     }
 
-    fn usage_walk(&mut self, r: BlockRef, shared: bool, excl: &mut u64, sh: &mut u64) -> Result<()> {
+    fn usage_walk(
+        &mut self,
+        r: BlockRef,
+        shared: bool,
+        excl: &mut u64,
+        sh: &mut u64,
+    ) -> Result<()> {
         let shared = shared || self.tm.meta_count(r.block)? > 1;
         let blk = self.tm.read_node(r, MAPPING)?;
         let n = Node(&blk);
         if n.is_leaf() {
             for i in 0..n.nr() {
-                let (pb, _) = crate::meta::btree::unpack_mapping(u64::from_le_bytes(n.value(i).try_into().unwrap()));
+                let (pb, _) = crate::meta::btree::unpack_mapping(u64::from_le_bytes(
+                    n.value(i).try_into().unwrap(),
+                ));
                 if shared || self.tm.data_count(DataBlock(pb.0))? > 1 {
                     *sh += 1;
                 } else {
@@ -289,10 +323,18 @@ impl Pool {
         Ok(())
     }
 
-    fn info_of(&mut self, id: VolumeId, d: Details, names: &[(VolumeId, Details)]) -> Result<VolumeInfo> {
+    fn info_of(
+        &mut self,
+        id: VolumeId,
+        d: Details,
+        names: &[(VolumeId, Details)],
+    ) -> Result<VolumeInfo> {
         let (mapped, excl, shared) = self.usage(id)?;
         debug_assert_eq!(mapped, d.mapped);
-        let origin = names.iter().find(|(i, _)| *i == d.origin).map(|(_, o)| o.name.clone());
+        let origin = names
+            .iter()
+            .find(|(i, _)| *i == d.origin)
+            .map(|(_, o)| o.name.clone());
         Ok(VolumeInfo {
             id,
             name: d.name,
@@ -331,7 +373,16 @@ impl Pool {
 /// Volume sizes are bounded so that every block number fits in a key.
 fn check_size_fits(size: u64, bs: u64) -> Result<()> {
     if size > (1u64 << 63) || size.div_ceil(bs) >= 1 << 48 {
-        return Err(PoolError::InvalidSize(format!("volume size {size} is too large")));
+        return Err(PoolError::InvalidSize(format!(
+            "volume size {size} is too large"
+        )));
     }
     Ok(())
+}
+
+impl Pool {
+    #[doc(hidden)]
+    pub fn debug_vol_root(&mut self, id: VolumeId) -> Result<BlockRef> {
+        self.vol_root(id)
+    }
 }

@@ -1,0 +1,437 @@
+//! `SimDev`: a simulated device for crash injection (DESIGN.md §6).
+//!
+//! Devices are created in a [`SimGroup`] sharing one event clock. Every write is recorded
+//! (offset, bytes, global sequence number); a flush freezes the writes since the previous
+//! flush into an immutable layer. Just before every flush, on any device of the group, the
+//! group captures a [`CrashPoint`]: for each device, its durable layers (shared by `Arc`, never
+//! copied) and the writes still unflushed. Any crash instant between two flushes is covered by
+//! a subset of the unflushed writes at the next flush, so exploring subsets at these points
+//! explores every crash instant.
+//!
+//! A post-crash image ([`CrashImage`]) stacks a new layer holding the chosen subset (writes
+//! dropped, applied in a shuffled order, torn at 512-byte sectors) on top of the durable
+//! layers: copy-on-write, never a full copy per state.
+
+use super::BlockDev;
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+pub const SECTOR: u64 = 512;
+type Sector = Box<[u8; SECTOR as usize]>;
+
+/// Sector contents written in one epoch (or one crash image's own writes).
+#[derive(Default, Clone)]
+pub struct Layer {
+    sectors: HashMap<u64, Sector>,
+}
+
+impl Layer {
+    /// Apply `data` at byte `offset`, read-modify-writing partial sectors against `below`.
+    fn apply(&mut self, offset: u64, data: &[u8], below: &dyn Fn(u64, &mut [u8; SECTOR as usize])) {
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let abs = offset + pos as u64;
+            let s = abs / SECTOR;
+            let within = (abs % SECTOR) as usize;
+            let n = (SECTOR as usize - within).min(data.len() - pos);
+            let entry = self.sectors.entry(s).or_insert_with(|| {
+                let mut b = Box::new([0u8; SECTOR as usize]);
+                below(s, &mut b);
+                b
+            });
+            entry[within..within + n].copy_from_slice(&data[pos..pos + n]);
+            pos += n;
+        }
+    }
+}
+
+/// One recorded write.
+#[derive(Clone)]
+pub struct WriteRec {
+    pub seq: u64,
+    pub offset: u64,
+    pub data: Arc<[u8]>,
+}
+
+#[derive(Clone, Default)]
+struct DevState {
+    /// Flushed layers, oldest first.
+    durable: Vec<Arc<Layer>>,
+    /// Writes since the last flush, in issue order.
+    pending: Vec<WriteRec>,
+    /// The same writes merged, for reads of the live state.
+    live: Layer,
+    len: u64,
+    capacity: u64,
+    flushes: u64,
+    fail_flush_at: Option<u64>,
+}
+
+fn read_layers(layers: &[Arc<Layer>], top: &[&Layer], s: u64, out: &mut [u8; SECTOR as usize]) {
+    for l in top.iter().rev() {
+        if let Some(d) = l.sectors.get(&s) {
+            out.copy_from_slice(&d[..]);
+            return;
+        }
+    }
+    for l in layers.iter().rev() {
+        if let Some(d) = l.sectors.get(&s) {
+            out.copy_from_slice(&d[..]);
+            return;
+        }
+    }
+    out.fill(0);
+}
+
+fn read_range(layers: &[Arc<Layer>], top: &[&Layer], buf: &mut [u8], offset: u64) {
+    let mut pos = 0usize;
+    let mut sec = [0u8; SECTOR as usize];
+    while pos < buf.len() {
+        let abs = offset + pos as u64;
+        let s = abs / SECTOR;
+        let within = (abs % SECTOR) as usize;
+        let n = (SECTOR as usize - within).min(buf.len() - pos);
+        read_layers(layers, top, s, &mut sec);
+        buf[pos..pos + n].copy_from_slice(&sec[within..within + n]);
+        pos += n;
+    }
+}
+
+/// The state of every device of a group just before a flush.
+#[derive(Clone)]
+pub struct CrashPoint {
+    /// Global sequence number of the flush about to happen.
+    pub seq: u64,
+    pub devs: Vec<(Vec<Arc<Layer>>, Vec<WriteRec>, u64, u64)>,
+}
+
+impl CrashPoint {
+    /// Number of writes that were still unflushed, over all devices.
+    pub fn pending(&self) -> usize {
+        self.devs.iter().map(|d| d.1.len()).sum()
+    }
+}
+
+struct Group {
+    devs: Vec<DevState>,
+    clock: u64,
+    points: Vec<CrashPoint>,
+    capture: bool,
+}
+
+/// A set of simulated devices sharing one clock.
+#[derive(Clone)]
+pub struct SimGroup {
+    g: Arc<Mutex<Group>>,
+}
+
+impl Default for SimGroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimGroup {
+    pub fn new() -> SimGroup {
+        SimGroup {
+            g: Arc::new(Mutex::new(Group {
+                devs: Vec::new(),
+                clock: 0,
+                points: Vec::new(),
+                capture: true,
+            })),
+        }
+    }
+
+    /// A new device of `capacity` bytes in this group.
+    pub fn add(&self, capacity: u64) -> SimDev {
+        let mut g = self.g.lock().unwrap();
+        g.devs.push(DevState {
+            capacity,
+            ..Default::default()
+        });
+        SimDev {
+            group: self.clone(),
+            idx: g.devs.len() - 1,
+        }
+    }
+
+    /// Crash points captured since the last call.
+    pub fn take_points(&self) -> Vec<CrashPoint> {
+        std::mem::take(&mut self.g.lock().unwrap().points)
+    }
+
+    pub fn set_capture(&self, on: bool) {
+        self.g.lock().unwrap().capture = on;
+    }
+
+    /// The current state as a crash point (e.g. at the end of a run, with writes unflushed).
+    pub fn current_point(&self) -> CrashPoint {
+        let g = self.g.lock().unwrap();
+        snapshot(&g)
+    }
+
+    /// Make the `n`-th flush (0-based, counted per device) of device `idx` fail with EIO.
+    pub fn fail_flush(&self, idx: usize, n: u64) {
+        self.g.lock().unwrap().devs[idx].fail_flush_at = Some(n);
+    }
+}
+
+fn snapshot(g: &Group) -> CrashPoint {
+    CrashPoint {
+        seq: g.clock,
+        devs: g
+            .devs
+            .iter()
+            .map(|d| (d.durable.clone(), d.pending.clone(), d.len, d.capacity))
+            .collect(),
+    }
+}
+
+/// A device of a [`SimGroup`].
+pub struct SimDev {
+    group: SimGroup,
+    idx: usize,
+}
+
+impl BlockDev for SimDev {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let g = self.group.g.lock().unwrap();
+        let d = &g.devs[self.idx];
+        read_range(&d.durable, &[&d.live], buf, offset);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut g = self.group.g.lock().unwrap();
+        g.clock += 1;
+        let seq = g.clock;
+        let d = &mut g.devs[self.idx];
+        let end = offset + buf.len() as u64;
+        if end > d.capacity {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let durable = d.durable.clone();
+        d.live
+            .apply(offset, buf, &|s, out| read_layers(&durable, &[], s, out));
+        d.pending.push(WriteRec {
+            seq,
+            offset,
+            data: Arc::from(buf),
+        });
+        d.len = d.len.max(end);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut g = self.group.g.lock().unwrap();
+        if g.capture {
+            let p = snapshot(&g);
+            if p.pending() > 0 {
+                g.points.push(p);
+            }
+        }
+        g.clock += 1;
+        let d = &mut g.devs[self.idx];
+        let n = d.flushes;
+        d.flushes += 1;
+        if d.fail_flush_at == Some(n) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if !d.pending.is_empty() {
+            let layer = std::mem::take(&mut d.live);
+            d.durable.push(Arc::new(layer));
+            d.pending.clear();
+            if d.durable.len() > 32 {
+                // Compact: merge every layer into one (old crash points keep their Arcs).
+                let mut merged = Layer::default();
+                for l in &d.durable {
+                    for (s, v) in &l.sectors {
+                        merged.sectors.insert(*s, v.clone());
+                    }
+                }
+                d.durable = vec![Arc::new(merged)];
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.group.g.lock().unwrap().devs[self.idx].len
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        // A punch is a write of zeros as far as durability goes.
+        let zeros = vec![0u8; len as usize];
+        self.write_at(&zeros, offset)
+    }
+
+    fn ensure_len(&self, len: u64) -> io::Result<()> {
+        let mut g = self.group.g.lock().unwrap();
+        let d = &mut g.devs[self.idx];
+        if len > d.capacity {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        d.len = d.len.max(len);
+        Ok(())
+    }
+}
+
+/// How a crash image treats the unflushed writes.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashFaults {
+    /// Probability that an unflushed write is lost.
+    pub drop: f64,
+    /// Apply surviving writes in a random order (later writes may lose to earlier ones).
+    pub reorder: bool,
+    /// Probability that a surviving multi-sector write is torn (only some sectors land).
+    pub torn: f64,
+}
+
+/// A device holding a post-crash state: durable layers plus one layer of surviving
+/// unflushed writes, plus its own writes (recovery) on top.
+pub struct CrashImage {
+    layers: Vec<Arc<Layer>>,
+    top: Mutex<Layer>,
+    len: std::sync::atomic::AtomicU64,
+    capacity: u64,
+}
+
+impl CrashImage {
+    /// Build device `idx`'s post-crash image from a crash point.
+    pub fn build(
+        p: &CrashPoint,
+        idx: usize,
+        faults: CrashFaults,
+        rng: &mut impl rand::Rng,
+    ) -> CrashImage {
+        let (durable, pending, len, capacity) = &p.devs[idx];
+        let mut chosen: Vec<&WriteRec> = pending
+            .iter()
+            .filter(|_| !rng.gen_bool(faults.drop))
+            .collect();
+        if faults.reorder {
+            use rand::seq::SliceRandom;
+            chosen.shuffle(rng);
+        }
+        let mut layer = Layer::default();
+        for w in chosen {
+            let sectors = (w.offset % SECTOR + w.data.len() as u64).div_ceil(SECTOR);
+            let torn = sectors > 1 && rng.gen_bool(faults.torn);
+            let mut pos = 0usize;
+            while pos < w.data.len() {
+                let abs = w.offset + pos as u64;
+                let n = ((SECTOR - abs % SECTOR) as usize).min(w.data.len() - pos);
+                if !torn || rng.gen_bool(0.5) {
+                    let base = durable.clone();
+                    layer.apply(abs, &w.data[pos..pos + n], &|s, out| {
+                        read_layers(&base, &[], s, out)
+                    });
+                }
+                pos += n;
+            }
+        }
+        let mut layers = durable.clone();
+        layers.push(Arc::new(layer));
+        CrashImage {
+            layers,
+            top: Mutex::new(Layer::default()),
+            len: std::sync::atomic::AtomicU64::new(*len),
+            capacity: *capacity,
+        }
+    }
+}
+
+impl BlockDev for CrashImage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let top = self.top.lock().unwrap();
+        read_range(&self.layers, &[&top], buf, offset);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.capacity {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let mut top = self.top.lock().unwrap();
+        let layers = &self.layers;
+        top.apply(offset, buf, &|s, out| read_layers(layers, &[], s, out));
+        self.len.fetch_max(
+            offset + buf.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.len.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_at(&vec![0u8; len as usize], offset)
+    }
+    fn ensure_len(&self, len: u64) -> io::Result<()> {
+        if len > self.capacity {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.len
+            .fetch_max(len, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn unflushed_writes_can_vanish_flushed_ones_cannot() {
+        let g = SimGroup::new();
+        let d = g.add(1 << 20);
+        d.write_at(&[1u8; 1024], 0).unwrap();
+        d.flush().unwrap();
+        d.write_at(&[2u8; 1024], 0).unwrap();
+        d.flush().unwrap();
+        let pts = g.take_points();
+        assert_eq!(pts.len(), 2);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let all_drop = CrashFaults {
+            drop: 1.0,
+            reorder: false,
+            torn: 0.0,
+        };
+        let img = CrashImage::build(&pts[1], 0, all_drop, &mut rng);
+        let mut b = [0u8; 1024];
+        img.read_at(&mut b, 0).unwrap();
+        assert_eq!(
+            b, [1u8; 1024],
+            "the first flush is durable at the second crash point"
+        );
+        let keep = CrashFaults {
+            drop: 0.0,
+            reorder: false,
+            torn: 0.0,
+        };
+        let img = CrashImage::build(&pts[1], 0, keep, &mut rng);
+        img.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [2u8; 1024]);
+        let img = CrashImage::build(&pts[0], 0, all_drop, &mut rng);
+        img.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [0u8; 1024]);
+        // Torn: some sectors of a two-sector write land, others do not.
+        let torn = CrashFaults {
+            drop: 0.0,
+            reorder: false,
+            torn: 1.0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..32 {
+            let img = CrashImage::build(&pts[1], 0, torn, &mut rng);
+            img.read_at(&mut b, 0).unwrap();
+            seen.insert((b[0], b[600]));
+        }
+        assert!(seen.contains(&(2, 1)) || seen.contains(&(1, 2)), "{seen:?}");
+    }
+}
