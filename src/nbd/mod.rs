@@ -1,10 +1,20 @@
 //! NBD server frontend: one export per volume or snapshot, plus the control socket through
 //! which other `thinpool` processes run commands inside a serving process.
 //!
-//! (Being implemented: see issue 4.)
+//! Files: [`proto`] (wire constants and encoders), `handshake` (fixed newstyle option
+//! negotiation), `transmission` (request loop of one connection), `server` (listeners,
+//! commit timer, signals, shutdown), `control` (control socket). See `docs/nbd.md`.
+
+mod control;
+mod handshake;
+pub mod proto;
+mod server;
+mod transmission;
 
 use crate::pool::Pool;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs one CLI command (full argv, program name first) on the served pool, writing what it
@@ -34,16 +44,40 @@ pub struct Forwarded {
     pub stderr: Vec<u8>,
 }
 
-/// Serve the pool until SIGINT/SIGTERM.
-pub fn serve(_opts: ServeOptions, _handler: ControlHandler) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "thinpool serve is not implemented yet",
-    ))
+impl ServeOptions {
+    /// Defaults: unix socket `POOL/nbd.sock`, every volume, commit every second.
+    pub fn new(pool_dir: impl Into<PathBuf>) -> ServeOptions {
+        ServeOptions {
+            pool_dir: pool_dir.into(),
+            socket: None,
+            listen: None,
+            exports: Vec::new(),
+            read_only: false,
+            allow_remote: false,
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Serve the pool until SIGINT/SIGTERM; then finish in-flight requests, commit, remove the
+/// sockets and return Ok.
+pub fn serve(opts: ServeOptions, handler: ControlHandler) -> std::io::Result<()> {
+    server::install_signal_handlers()?;
+    server::run(opts, handler, Arc::new(AtomicBool::new(false)), true)
+}
+
+/// Like [`serve`], but stops when `stop` becomes true instead of on signals (for embedding
+/// and tests; installs no signal handlers).
+pub fn serve_until(
+    opts: ServeOptions,
+    handler: ControlHandler,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    server::run(opts, handler, stop, false)
 }
 
 /// If a server holds the pool in `pool_dir`, run `argv` inside it over `POOL/control.sock`.
-/// `Ok(None)` when no server is listening.
-pub fn forward(_pool_dir: &Path, _argv: &[String]) -> std::io::Result<Option<Forwarded>> {
-    Ok(None)
+/// `Ok(None)` when no server is listening (no socket, or a stale one).
+pub fn forward(pool_dir: &Path, argv: &[String]) -> std::io::Result<Option<Forwarded>> {
+    control::forward(pool_dir, argv)
 }

@@ -1,0 +1,507 @@
+//! The serving process: listeners (unix socket, optional loopback TCP, control socket), one
+//! thread per connection, the commit timer and the shutdown sequence.
+//!
+//! Invariants:
+//! - The pool sits behind one mutex. Every request and every control command takes it for
+//!   its whole duration, so a control command runs between requests and sees every write
+//!   completed before it (a snapshot taken through the control socket contains them).
+//!   Known limitation: data I/O holds this lock too, so requests do not run in parallel.
+//! - A FLUSH or FUA reply is sent only after `Pool::commit` returned Ok. Other writes are
+//!   committed by the timer every `commit_interval` (like dm-thin's periodic commit).
+//! - Shutdown (SIGINT/SIGTERM, or the caller's stop flag): stop accepting, stop reading new
+//!   requests, finish and answer the requests already read, commit, remove the sockets.
+
+use super::control;
+use super::handshake;
+use super::transmission;
+use super::{ControlHandler, ServeOptions};
+use crate::pool::{OpenOptions, Pool, VolumeId};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most simultaneous NBD connections; more are closed at once (each costs a few threads).
+const MAX_CONNECTIONS: usize = 512;
+/// A client gets this long to finish negotiating.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the accept loop looks at the stop flags.
+const POLL: Duration = Duration::from_millis(10);
+
+/// An export as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub id: VolumeId,
+    pub name: String,
+    pub size: u64,
+    pub read_only: bool,
+}
+
+/// A client connection over either transport.
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+    pub fn shutdown(&self, how: Shutdown) {
+        // Already-closed sockets report ENOTCONN; there is nothing left to do then.
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(how),
+            Stream::Tcp(s) => s.shutdown(how),
+        };
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// State every thread of the server shares.
+pub struct Shared {
+    pool: Mutex<Pool>,
+    exports: Vec<String>,
+    read_only: bool,
+    stop: AtomicBool,
+    /// Open NBD connections per volume (for refusing `remove`/`rollback`).
+    attached: Mutex<HashMap<VolumeId, usize>>,
+    /// Streams of live connections, to wake their readers at shutdown.
+    conns: Mutex<HashMap<u64, Stream>>,
+    next_conn: AtomicU64,
+    pub(super) handler: ControlHandler,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The pool, or `None` once a panic poisoned it (then every request fails with EIO:
+    /// the in-memory state may be half-updated and must not be committed).
+    pub fn pool(&self) -> Option<MutexGuard<'_, Pool>> {
+        self.pool.lock().ok()
+    }
+
+    fn allowed(&self, name: &str) -> bool {
+        self.exports.is_empty() || self.exports.iter().any(|e| e == name)
+    }
+
+    /// Names a client may attach to.
+    pub fn export_names(&self) -> Vec<String> {
+        let Some(mut pool) = self.pool() else {
+            return Vec::new();
+        };
+        match pool.volumes() {
+            Ok(v) => v
+                .into_iter()
+                .map(|(_, d)| d.name)
+                .filter(|n| self.allowed(n))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Resolve an export name. The empty name means the only export, if there is one.
+    pub fn find_export(&self, name: &str) -> Option<Export> {
+        let name = if name.is_empty() {
+            let names = self.export_names();
+            if names.len() != 1 {
+                return None;
+            }
+            names.into_iter().next()?
+        } else {
+            name.to_string()
+        };
+        if !self.allowed(&name) {
+            return None;
+        }
+        let (id, d) = self.pool()?.find(&name).ok()?;
+        Some(Export {
+            id,
+            name: d.name,
+            size: d.size,
+            read_only: d.read_only || self.read_only,
+        })
+    }
+
+    pub fn attached(&self, id: VolumeId) -> usize {
+        let a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        a.get(&id).copied().unwrap_or(0)
+    }
+
+    fn attach(&self, id: VolumeId) {
+        // Counted under the pool lock, so a control command never sees a half-made attach.
+        let _pool = self.pool();
+        let mut a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        *a.entry(id).or_insert(0) += 1;
+    }
+
+    fn detach(&self, id: VolumeId) {
+        let mut a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = a.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&id);
+            }
+        }
+    }
+
+    fn live_connections(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    if SIGNALLED.swap(true, Ordering::SeqCst) {
+        // Second signal: the user insists. Writes since the last commit are lost, which
+        // the crash semantics allow. `_exit` is async-signal-safe.
+        // SAFETY: `_exit` ends the process without running any Rust code.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// Route SIGINT and SIGTERM to a flag the accept loop polls.
+pub fn install_signal_handlers() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `sa` is zero-initialised then filled in; the handler only touches an
+        // atomic and `_exit`, both async-signal-safe.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
+
+/// Bind a unix socket readable only by its owner. It is bound under a temporary name and
+/// renamed into place, so the final path never exists with looser permissions and appears
+/// only once it accepts connections.
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another server", path.display()),
+            ));
+        }
+        // A socket left behind by a server that died: nobody listens on it.
+        std::fs::remove_file(path)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", tmp.display())))?;
+    let res = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Parse and check `--listen`: loopback only unless remote access was allowed.
+fn bind_tcp(addr: &str, allow_remote: bool) -> io::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--listen {addr}: no address"),
+        ));
+    }
+    if !allow_remote {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "--listen {addr}: {} is not a loopback address; NBD has no authentication \
+                     or encryption, so pass --allow-remote to serve other hosts",
+                    a.ip()
+                ),
+            ));
+        }
+    }
+    let l = TcpListener::bind(&addrs[..])?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn pool_err(e: crate::pool::PoolError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Serve until `stop` is set (or a signal arrived, when `use_signals`).
+pub fn run(
+    opts: ServeOptions,
+    handler: ControlHandler,
+    stop: Arc<AtomicBool>,
+    use_signals: bool,
+) -> io::Result<()> {
+    let pool = Pool::open(&opts.pool_dir, &OpenOptions::default()).map_err(pool_err)?;
+    if pool.is_read_only() {
+        return Err(io::Error::other(format!(
+            "pool {} opened read-only; cannot serve it",
+            opts.pool_dir.display()
+        )));
+    }
+    let tcp = match &opts.listen {
+        Some(a) => Some(bind_tcp(a, opts.allow_remote)?),
+        None => None,
+    };
+    let nbd_path = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| opts.pool_dir.join("nbd.sock"));
+    let ctl_path = opts.pool_dir.join(control::SOCKET_NAME);
+    let nbd = bind_unix(&nbd_path)?;
+    let ctl = match bind_unix(&ctl_path) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&nbd_path);
+            return Err(e);
+        }
+    };
+    let shared = Arc::new(Shared {
+        pool: Mutex::new(pool),
+        exports: opts.exports.clone(),
+        read_only: opts.read_only,
+        stop: AtomicBool::new(false),
+        attached: Mutex::new(HashMap::new()),
+        conns: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(0),
+        handler,
+    });
+    let mut what = format!("unix:{}", nbd_path.display());
+    if let Some(t) = &tcp {
+        what += &format!(" and tcp:{}", t.local_addr()?);
+    }
+    eprintln!(
+        "thinpool serve: exporting {} on {what} (control: {})",
+        if opts.exports.is_empty() {
+            "all volumes".to_string()
+        } else {
+            opts.exports.join(", ")
+        },
+        ctl_path.display()
+    );
+
+    let timer = {
+        let shared = shared.clone();
+        let every = opts.commit_interval.max(Duration::from_millis(1));
+        std::thread::Builder::new()
+            .name("nbd-commit".into())
+            .spawn(move || commit_timer(&shared, every))?
+    };
+
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    while !(stop.load(Ordering::SeqCst) || use_signals && signalled()) {
+        let mut idle = true;
+        loop {
+            match nbd.accept() {
+                Ok((s, _)) => {
+                    idle = false;
+                    spawn_connection(&shared, Stream::Unix(s), &mut threads);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    eprintln!("thinpool serve: accept on {}: {e}", nbd_path.display());
+                    break;
+                }
+            }
+        }
+        if let Some(t) = &tcp {
+            loop {
+                match t.accept() {
+                    Ok((s, _)) => {
+                        idle = false;
+                        let _ = s.set_nodelay(true);
+                        spawn_connection(&shared, Stream::Tcp(s), &mut threads);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        eprintln!("thinpool serve: accept on tcp: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        loop {
+            match ctl.accept() {
+                Ok((s, _)) => {
+                    idle = false;
+                    let shared = shared.clone();
+                    if let Ok(h) = std::thread::Builder::new()
+                        .name("nbd-control".into())
+                        .spawn(move || control::serve_one(&shared, s))
+                    {
+                        threads.push(h);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    eprintln!("thinpool serve: accept on control socket: {e}");
+                    break;
+                }
+            }
+        }
+        threads.retain(|h| !h.is_finished());
+        if idle {
+            std::thread::sleep(POLL);
+        }
+    }
+
+    // Shutdown: no new connections; readers see EOF, workers finish what was read.
+    shared.stop.store(true, Ordering::SeqCst);
+    drop(nbd);
+    drop(ctl);
+    drop(tcp);
+    let _ = std::fs::remove_file(&nbd_path);
+    let _ = std::fs::remove_file(&ctl_path);
+    for s in shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+    {
+        s.shutdown(Shutdown::Read);
+    }
+    for h in threads {
+        let _ = h.join();
+    }
+    let _ = timer.join();
+    let res = match shared.pool() {
+        Some(mut p) => p.commit().map_err(pool_err),
+        None => Err(io::Error::other(
+            "an internal error (panic) left the pool unusable; nothing committed since the \
+             last flush",
+        )),
+    };
+    eprintln!("thinpool serve: stopped");
+    res
+}
+
+fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandle<()>>) {
+    if shared.live_connections() >= MAX_CONNECTIONS {
+        eprintln!("thinpool serve: too many connections ({MAX_CONNECTIONS}); refusing one");
+        return;
+    }
+    let Ok(clone) = s.try_clone() else { return };
+    let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, clone);
+    let sh = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("nbd-conn-{id}"))
+        .spawn(move || {
+            connection(&sh, s);
+            sh.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    match spawned {
+        Ok(h) => threads.push(h),
+        Err(e) => {
+            eprintln!("thinpool serve: cannot start a connection thread: {e}");
+            shared
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+}
+
+fn connection(shared: &Arc<Shared>, mut s: Stream) {
+    if s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+        return;
+    }
+    let session = match handshake::negotiate(&mut s, shared) {
+        Ok(Some(sess)) => sess,
+        Ok(None) | Err(_) => {
+            s.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    if s.set_read_timeout(None).is_err() {
+        return;
+    }
+    let id = session.export.id;
+    shared.attach(id);
+    transmission::serve(shared, s, &session);
+    shared.detach(id);
+}
+
+fn commit_timer(shared: &Shared, every: Duration) {
+    let mut last = Instant::now();
+    let mut reported = false;
+    while !shared.stopping() {
+        std::thread::sleep(POLL.min(every));
+        if last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        let Some(mut pool) = shared.pool() else {
+            return;
+        };
+        if let Err(e) = pool.commit() {
+            if !reported {
+                eprintln!("thinpool serve: periodic commit failed: {e}");
+                reported = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The transmission phase of one connection: a reader thread that parses requests and a few
+//! workers that execute them, so requests pipeline and replies may complete out of order.
+//!
+//! - Every request is validated before it touches the pool (magic, command, flags, range,
+//!   payload size). A bad magic loses framing: hard disconnect. Everything else gets an
+//!   error reply and the connection continues.
+//! - Replies are built whole in memory and written under one mutex, so chunks of different
+//!   replies never interleave mid-message.
+//! - Memory per connection is bounded by an in-flight byte budget the reader waits on.
+//! - A panic in a worker becomes an EIO reply; the poisoned pool lock then fails every later
+//!   request (fail-stop) instead of committing half-updated state.
+
+use super::handshake::Session;
+use super::proto::*;
+use super::server::{Shared, Stream};
+use crate::pool::{Pool, PoolError};
+use std::io::{self, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Workers per connection.
+const WORKERS: usize = 4;
+/// Request payloads and read buffers in flight per connection.
+const BUDGET: u64 = 64 << 20;
+/// Most mappings looked at for one BLOCK_STATUS reply (the reply may cover less).
+const STATUS_LIMIT: usize = 65536;
+
+struct Job {
+    req: Request,
+    payload: Vec<u8>,
+    cost: u64,
+}
+
+/// Bytes in flight, waited on by the reader.
+struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    fn acquire(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used > 0 && *used + n > BUDGET {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += n;
+    }
+    fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= n;
+        self.freed.notify_all();
+    }
+}
+
+/// Run the transmission phase until the client disconnects, breaks framing, or the server
+/// stops. Returns after every request read has been answered.
+pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session) {
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(writer));
+    let budget = Arc::new(Budget {
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+    });
+    let (tx, rx) = sync_channel::<Job>(WORKERS * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::with_capacity(WORKERS);
+    for _ in 0..WORKERS {
+        let (shared, sess, writer, budget, rx) = (
+            shared.clone(),
+            sess.clone(),
+            writer.clone(),
+            budget.clone(),
+            rx.clone(),
+        );
+        let h = std::thread::Builder::new()
+            .name("nbd-worker".into())
+            .spawn(move || worker(&shared, &sess, &writer, &budget, &rx));
+        match h {
+            Ok(h) => workers.push(h),
+            Err(_) => break,
+        }
+    }
+    if workers.is_empty() {
+        stream.shutdown(Shutdown::Both);
+        return;
+    }
+    let mut reader = BufReader::with_capacity(128 << 10, stream);
+    loop {
+        let mut hdr = [0u8; REQUEST_SIZE];
+        if reader.read_exact(&mut hdr).is_err() {
+            break;
+        }
+        let req = Request::decode(&hdr);
+        if req.magic != REQUEST_MAGIC || req.kind == CMD_DISC {
+            break;
+        }
+        let mut payload = Vec::new();
+        if req.kind == CMD_WRITE {
+            if req.length > MAX_PAYLOAD {
+                // Skip the payload to stay in sync, then refuse the request.
+                if skip(&mut reader, req.length as u64).is_err() {
+                    break;
+                }
+                let msg = format!("write of {} bytes exceeds the 32 MiB maximum", req.length);
+                let out = error_reply(sess, req.handle, EINVAL, &msg);
+                if send(&writer, &out).is_err() {
+                    break;
+                }
+                continue;
+            }
+            payload = vec![0u8; req.length as usize];
+            if reader.read_exact(&mut payload).is_err() {
+                break;
+            }
+        }
+        let cost = match req.kind {
+            CMD_WRITE | CMD_READ => (req.length.min(MAX_PAYLOAD) as u64).max(1),
+            _ => 1,
+        };
+        budget.acquire(cost);
+        if tx.send(Job { req, payload, cost }).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    for h in workers {
+        let _ = h.join();
+    }
+    writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .shutdown(Shutdown::Both);
+}
+
+fn send(writer: &Mutex<Stream>, out: &[u8]) -> io::Result<()> {
+    let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+    let r = w.write_all(out);
+    if r.is_err() {
+        // The client is gone; wake the reader so the connection winds down.
+        w.shutdown(Shutdown::Both);
+    }
+    r
+}
+
+fn worker(
+    shared: &Shared,
+    sess: &Session,
+    writer: &Mutex<Stream>,
+    budget: &Budget,
+    rx: &Mutex<Receiver<Job>>,
+) {
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        let handle = job.req.handle;
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            execute(shared, sess, &job.req, &job.payload)
+        }))
+        .unwrap_or_else(|_| error_reply(sess, handle, EIO, "internal error in thinpool serve"));
+        drop(job.payload);
+        // A failed send shut the socket down; keep draining so the reader never blocks.
+        let _ = send(writer, &out);
+        budget.release(job.cost);
+    }
+}
+
+/// An error reply in whichever form the session uses.
+fn error_reply(sess: &Session, handle: u64, error: u32, msg: &str) -> Vec<u8> {
+    if sess.structured {
+        error_chunk(handle, error, msg)
+    } else {
+        let mut out = vec![0u8; SIMPLE_REPLY_SIZE];
+        simple_reply(&mut out, error, handle);
+        out
+    }
+}
+
+fn ok_reply(handle: u64) -> Vec<u8> {
+    let mut out = vec![0u8; SIMPLE_REPLY_SIZE];
+    simple_reply(&mut out, 0, handle);
+    out
+}
+
+fn pool_error(sess: &Session, handle: u64, e: &PoolError) -> Vec<u8> {
+    error_reply(sess, handle, nbd_errno(e.errno()), &e.to_string())
+}
+
+/// Validate and run one request; returns the complete reply.
+fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Vec<u8> {
+    let h = req.handle;
+    let e = &sess.export;
+    let allowed = match req.kind {
+        CMD_READ if sess.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+        k => return error_reply(sess, h, EINVAL, &format!("unknown command {k}")),
+    };
+    if req.flags & !allowed != 0 {
+        let msg = format!(
+            "flags {:#x} are not valid for command {}",
+            req.flags, req.kind
+        );
+        return error_reply(sess, h, EINVAL, &msg);
+    }
+    let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    if writes && e.read_only {
+        let msg = format!("export '{}' is read-only", e.name);
+        return error_reply(sess, h, EPERM, &msg);
+    }
+    if req.kind != CMD_FLUSH {
+        let in_range = req
+            .offset
+            .checked_add(req.length as u64)
+            .is_some_and(|end| end <= e.size);
+        if !in_range {
+            let msg = format!(
+                "range {}+{} is outside export '{}' ({} bytes)",
+                req.offset, req.length, e.name, e.size
+            );
+            // The spec asks for ENOSPC on writes past the end, EINVAL otherwise.
+            let code = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
+                ENOSPC
+            } else {
+                EINVAL
+            };
+            return error_reply(sess, h, code, &msg);
+        }
+    }
+    if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
+        let msg = format!("read of {} bytes exceeds the 32 MiB maximum", req.length);
+        return error_reply(sess, h, EINVAL, &msg);
+    }
+    if req.kind == CMD_BLOCK_STATUS && !sess.allocation_context {
+        return error_reply(sess, h, EINVAL, "no metadata context was negotiated");
+    }
+    if req.kind == CMD_BLOCK_STATUS && req.length == 0 {
+        return error_reply(sess, h, EINVAL, "block status of an empty range");
+    }
+    let Some(mut pool) = shared.pool() else {
+        return error_reply(sess, h, EIO, "pool unusable after an internal error");
+    };
+    let pool = &mut *pool;
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let (off, len) = (req.offset, req.length as u64);
+    let res = match req.kind {
+        CMD_READ => return read(pool, sess, req),
+        CMD_BLOCK_STATUS => return block_status(pool, sess, req),
+        CMD_WRITE => pool.write(e.id, off, payload),
+        CMD_TRIM => pool.discard(e.id, off, len),
+        CMD_WRITE_ZEROES => {
+            let may_unmap = req.flags & CMD_FLAG_NO_HOLE == 0;
+            pool.write_zeroes(e.id, off, len, may_unmap)
+        }
+        _ => Ok(()), // FLUSH: the commit below
+    };
+    // FLUSH and FUA are acknowledged only once the commit protocol made the data durable.
+    let res = res.and_then(|_| {
+        if req.kind == CMD_FLUSH || (writes && fua) {
+            pool.commit()
+        } else {
+            Ok(())
+        }
+    });
+    match res {
+        Ok(()) => ok_reply(h),
+        Err(err) => pool_error(sess, h, &err),
+    }
+}
+
+fn read(pool: &mut Pool, sess: &Session, req: &Request) -> Vec<u8> {
+    let (h, id, off, len) = (req.handle, sess.export.id, req.offset, req.length as usize);
+    if !sess.structured {
+        let mut out = vec![0u8; SIMPLE_REPLY_SIZE + len];
+        if let Err(e) = pool.read(id, off, &mut out[SIMPLE_REPLY_SIZE..]) {
+            return pool_error(sess, h, &e);
+        }
+        simple_reply(&mut out, 0, h);
+        return out;
+    }
+    if len == 0 {
+        let mut out = Vec::new();
+        push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, h, &[]);
+        return out;
+    }
+    // Runs of mapped (data) and unmapped (hole) bytes; one data run when DF forbids holes.
+    let runs = if req.flags & CMD_FLAG_DF != 0 {
+        vec![(off, off + len as u64, true)]
+    } else {
+        match extents(pool, id, off, off + len as u64, usize::MAX) {
+            Ok((r, _)) => r,
+            Err(e) => return pool_error(sess, h, &e),
+        }
+    };
+    let data_bytes: u64 = runs.iter().filter(|r| r.2).map(|r| r.1 - r.0).sum();
+    let mut out = Vec::with_capacity(data_bytes as usize + runs.len() * 32);
+    for (i, &(start, end, data)) in runs.iter().enumerate() {
+        let flags = if i + 1 == runs.len() {
+            REPLY_FLAG_DONE
+        } else {
+            0
+        };
+        let n = end - start;
+        if data {
+            let at = out.len();
+            out.resize(at + CHUNK_HEADER_SIZE + 8 + n as usize, 0);
+            chunk_header(
+                &mut out[at..],
+                flags,
+                REPLY_TYPE_OFFSET_DATA,
+                h,
+                8 + n as u32,
+            );
+            out[at + CHUNK_HEADER_SIZE..at + CHUNK_HEADER_SIZE + 8]
+                .copy_from_slice(&start.to_be_bytes());
+            if let Err(e) = pool.read(id, start, &mut out[at + CHUNK_HEADER_SIZE + 8..]) {
+                return pool_error(sess, h, &e);
+            }
+        } else {
+            let mut p = [0u8; 12];
+            p[..8].copy_from_slice(&start.to_be_bytes());
+            p[8..].copy_from_slice(&(n as u32).to_be_bytes());
+            push_chunk(&mut out, flags, REPLY_TYPE_OFFSET_HOLE, h, &p);
+        }
+    }
+    out
+}
+
+/// A run of bytes `[start, end)` and whether it is mapped (data) or a hole.
+type Run = (u64, u64, bool);
+
+/// Split `[lo, hi)` of a volume into maximal runs `(start, end, mapped)`. Looks at no more
+/// than `limit` mappings; when it stops early the runs end at the last mapping seen and the
+/// second value is true.
+fn extents(
+    pool: &mut Pool,
+    id: u64,
+    lo: u64,
+    hi: u64,
+    limit: usize,
+) -> crate::pool::Result<(Vec<Run>, bool)> {
+    let bs = pool.block_size();
+    let maps = pool.mappings(id, lo / bs, (hi - 1) / bs + 1, limit)?;
+    let truncated = maps.len() >= limit;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut push = |s: u64, e: u64, data: bool| match runs.last_mut() {
+        Some(last) if last.2 == data && last.1 == s => last.1 = e,
+        _ => runs.push((s, e, data)),
+    };
+    let mut pos = lo;
+    for (vb, _) in maps {
+        let s = (vb * bs).max(lo);
+        let e = ((vb + 1) * bs).min(hi);
+        if s >= e {
+            continue;
+        }
+        if s > pos {
+            push(pos, s, false);
+        }
+        push(s, e, true);
+        pos = e;
+    }
+    if !truncated && pos < hi {
+        push(pos, hi, false);
+    }
+    Ok((runs, truncated))
+}
+
+fn block_status(pool: &mut Pool, sess: &Session, req: &Request) -> Vec<u8> {
+    let (h, id) = (req.handle, sess.export.id);
+    let (lo, hi) = (req.offset, req.offset + req.length as u64);
+    let (mut runs, _) = match extents(pool, id, lo, hi, STATUS_LIMIT) {
+        Ok(r) => r,
+        Err(e) => return pool_error(sess, h, &e),
+    };
+    if runs.is_empty() {
+        // Cannot happen (a truncated walk found at least one mapping), but never send an
+        // empty reply: report the whole range as data, which is always safe.
+        runs.push((lo, hi, true));
+    }
+    if req.flags & CMD_FLAG_REQ_ONE != 0 {
+        runs.truncate(1);
+    }
+    let mut p = Vec::with_capacity(4 + runs.len() * 8);
+    p.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for (s, e, data) in runs {
+        p.extend_from_slice(&((e - s) as u32).to_be_bytes());
+        let status = if data { 0 } else { STATE_HOLE | STATE_ZERO };
+        p.extend_from_slice(&status.to_be_bytes());
+    }
+    let mut out = Vec::new();
+    push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, h, &p);
+    out
+}
