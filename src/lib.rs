@@ -5,6 +5,7 @@
 //! devices). The CLI in `src/cli` is a thin adapter over [`pool::Pool`].
 
 pub mod check;
+pub mod cli;
 pub mod crash;
 pub mod io;
 pub mod meta;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `thinpool` binary: everything lives in [`thinpool::cli`].
+
+fn main() -> std::process::ExitCode {
+    thinpool::cli::main()
+}

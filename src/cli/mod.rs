@@ -1,0 +1,287 @@
+//! The `thinpool` command line: a thin adapter over [`crate::pool::Pool`].
+//!
+//! One parser ([`Cli`]) serves two callers: the binary ([`main`]), which opens the pool
+//! itself or forwards the command to a running `thinpool serve`, and the server's control
+//! socket ([`run_in_pool`]), which runs the same command on the pool it already holds. Every
+//! command writes through a `&mut dyn Write`, so both paths share one implementation.
+//!
+//! Exit codes: 0 success, 1 the command failed (message on stderr as `thinpool: ...`),
+//! 2 usage error (clap's message).
+
+mod demo;
+mod io_cmds;
+mod output;
+mod pool_cmds;
+mod serve_cmd;
+pub mod size;
+mod volume_cmds;
+
+use crate::nbd;
+use crate::pool::{OpenOptions, Pool};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
+pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs};
+pub use serve_cmd::ServeArgs;
+pub use volume_cmds::{
+    CreateArgs, InfoArgs, ListArgs, RemoveArgs, RenameArgs, ResizeArgs, RollbackArgs, SnapshotArgs,
+};
+
+/// Thin provisioning in userspace: pools of thin volumes with O(1) snapshots.
+///
+/// Sizes and offsets take bytes or a K, M, G, T suffix (powers of 1024).
+#[derive(Parser, Debug)]
+#[command(name = "thinpool", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, inspect or grow a pool
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Create a thin volume
+    Create(CreateArgs),
+    /// Snapshot a volume (O(1), whatever its size)
+    Snapshot(SnapshotArgs),
+    /// List the volumes and snapshots of a pool with their usage
+    List(ListArgs),
+    /// Show one volume with its usage
+    Info(InfoArgs),
+    /// Remove a volume or snapshot and free the blocks only it used
+    Remove(RemoveArgs),
+    /// Grow or shrink a volume
+    Resize(ResizeArgs),
+    /// Rename a volume
+    Rename(RenameArgs),
+    /// Roll a volume back to one of its snapshots
+    Rollback(RollbackArgs),
+    /// Write a file (or stdin) into a volume
+    Write(WriteArgs),
+    /// Read a volume (or a range of it) to a file or stdout
+    Read(ReadArgs),
+    /// Discard (trim) a range of a volume, freeing its blocks
+    Discard(DiscardArgs),
+    /// A guided tour on a temporary pool
+    Demo(demo::DemoArgs),
+    /// Serve the pool's volumes over NBD (and accept commands on POOL/control.sock)
+    Serve(ServeArgs),
+}
+
+/// Where a command runs: in its own process, or inside a server on its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Local,
+    Server,
+}
+
+impl Command {
+    /// The pool a command works on, when it works on an existing pool.
+    fn pool_dir(&self) -> Option<&Path> {
+        Some(match self {
+            Command::Pool(PoolCmd::Create(_)) | Command::Demo(_) | Command::Serve(_) => {
+                return None
+            }
+            Command::Pool(PoolCmd::Info(a)) => &a.pool,
+            Command::Pool(PoolCmd::Grow(a)) => &a.pool,
+            Command::Create(a) => &a.pool,
+            Command::Snapshot(a) => &a.pool,
+            Command::List(a) => &a.pool,
+            Command::Info(a) => &a.pool,
+            Command::Remove(a) => &a.pool,
+            Command::Resize(a) => &a.pool,
+            Command::Rename(a) => &a.pool,
+            Command::Rollback(a) => &a.pool,
+            Command::Write(a) => &a.pool,
+            Command::Read(a) => &a.pool,
+            Command::Discard(a) => &a.pool,
+        })
+    }
+
+    /// Commands that only look take a shared lock, so any number run side by side.
+    fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Pool(PoolCmd::Info(_))
+                | Command::List(_)
+                | Command::Info(_)
+                | Command::Read(_)
+        )
+    }
+}
+
+/// Run a command on an open pool, printing to `out`.
+fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> Result<()> {
+    match cmd {
+        Command::Pool(PoolCmd::Info(a)) => pool_cmds::info(a, pool, out),
+        Command::Pool(PoolCmd::Grow(a)) => pool_cmds::grow(a, pool, out),
+        Command::Create(a) => volume_cmds::create(a, pool, out),
+        Command::Snapshot(a) => volume_cmds::snapshot(a, pool, out),
+        Command::List(a) => volume_cmds::list(a, pool, out),
+        Command::Info(a) => volume_cmds::info(a, pool, out),
+        Command::Remove(a) => volume_cmds::remove(a, pool, out),
+        Command::Resize(a) => volume_cmds::resize(a, pool, out),
+        Command::Rename(a) => volume_cmds::rename(a, pool, out),
+        Command::Rollback(a) => volume_cmds::rollback(a, pool, out),
+        Command::Write(a) => io_cmds::write(a, pool, out, mode),
+        Command::Read(a) => io_cmds::read(a, pool, out, mode),
+        Command::Discard(a) => io_cmds::discard(a, pool, out),
+        Command::Pool(PoolCmd::Create(_)) | Command::Demo(_) | Command::Serve(_) => {
+            anyhow::bail!("this command cannot run on a pool that is already open")
+        }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let argv: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let code = match run(&cli.command, &argv, &mut out).and_then(|c| Ok(out.flush().map(|()| c)?)) {
+        Ok(code) => code,
+        // The reader went away (`thinpool read ... | head`): stop quietly, as SIGPIPE would.
+        Err(e) if is_broken_pipe(&e) => return ExitCode::from(141),
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("thinpool: {}", error_message(&e));
+            1
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Run a parsed command in this process; returns the exit code.
+fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
+    let dir = match cmd {
+        Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
+        Command::Demo(a) => return demo::run(a, out).map(|()| 0),
+        Command::Serve(a) => return serve_cmd::run(a, out).map(|()| 0),
+        _ => cmd.pool_dir().expect("every other command names a pool"),
+    };
+    let fwd = forwarded_argv(cmd, argv)?;
+    let reply = nbd::forward(dir, &fwd).with_context(|| {
+        format!(
+            "cannot reach the server of pool {} through its control socket",
+            dir.display()
+        )
+    })?;
+    if let Some(f) = reply {
+        out.write_all(&f.stdout)?;
+        std::io::stderr().write_all(&f.stderr)?;
+        return Ok(f.code);
+    }
+    let opts = OpenOptions {
+        read_only: cmd.is_read_only(),
+        ..OpenOptions::default()
+    };
+    let mut pool = Pool::open(dir, &opts)?;
+    execute(cmd, &mut pool, out, Mode::Local)?;
+    Ok(0)
+}
+
+/// The argv sent to a server. A server has its own working directory, so file paths are
+/// made absolute first; everything else goes as typed.
+fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
+    let (verb, pool, volume, offset, length, file) = match cmd {
+        Command::Write(a) => ("write", &a.pool, &a.volume, a.offset, None, &a.file),
+        Command::Read(a) => ("read", &a.pool, &a.volume, a.offset, a.length, &a.file),
+        _ => return Ok(argv.to_vec()),
+    };
+    let Some(file) = file.as_ref().filter(|f| f.as_os_str() != "-") else {
+        return Ok(argv.to_vec());
+    };
+    let abs = |p: &PathBuf| -> Result<String> {
+        Ok(std::path::absolute(p)
+            .with_context(|| format!("cannot resolve {}", p.display()))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    let mut v = vec![
+        argv.first().cloned().unwrap_or_else(|| "thinpool".into()),
+        verb.to_string(),
+        abs(pool)?,
+        "--offset".into(),
+        offset.to_string(),
+    ];
+    if let Some(l) = length {
+        v.extend(["--length".into(), l.to_string()]);
+    }
+    // `--` keeps a volume or file name that starts with '-' positional.
+    v.extend(["--".into(), volume.clone(), abs(file)?]);
+    Ok(v)
+}
+
+/// Run `argv` (program name first) on a pool that is already open: the control handler of
+/// `thinpool serve`. Output goes to `out`, messages to `err`; returns the exit code.
+pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mut Vec<u8>) -> i32 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let text = e.render().to_string();
+            let dst = if e.use_stderr() { err } else { out };
+            dst.extend_from_slice(text.as_bytes());
+            return e.exit_code();
+        }
+    };
+    let res = match &cli.command {
+        Command::Pool(PoolCmd::Create(_)) | Command::Demo(_) | Command::Serve(_) => Err(
+            anyhow::anyhow!("this command cannot be sent to a running `thinpool serve`"),
+        ),
+        cmd => execute(cmd, pool, out, Mode::Server),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "thinpool: {}", error_message(&e));
+            1
+        }
+    }
+}
+
+/// Run one command line in this process as the binary would, for the demo.
+pub(crate) fn run_argv(argv: &[String], out: &mut dyn Write) -> Result<()> {
+    let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    match run(&cli.command, argv, out)? {
+        0 => Ok(()),
+        code => anyhow::bail!("`{}` exited with {code}", argv.join(" ")),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error and its causes on one line, each cause once (library messages often already
+/// include their source's text).
+pub(crate) fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.contains(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg
+}

@@ -1,0 +1,48 @@
+//! `thinpool serve`: hand the pool to the NBD frontend, with this CLI as the handler of
+//! commands arriving on the control socket.
+
+use super::size::parse_duration;
+use crate::nbd::{self, ServeOptions};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Pool directory
+    pub pool: PathBuf,
+    /// Unix socket to listen on (default: POOL/nbd.sock)
+    #[arg(long, conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// TCP address to listen on, ADDR:PORT (loopback only unless --allow-remote)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Volume to export (repeatable; default: every volume)
+    #[arg(long = "export", value_name = "VOL")]
+    pub exports: Vec<String>,
+    /// Export every volume read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Allow --listen on a non-loopback address
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Commit at least this often (e.g. 1s, 500ms)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+}
+
+pub fn run(a: &ServeArgs, _out: &mut dyn Write) -> Result<()> {
+    let opts = ServeOptions {
+        pool_dir: a.pool.clone(),
+        socket: a.socket.clone(),
+        listen: a.listen.clone(),
+        exports: a.exports.clone(),
+        read_only: a.read_only,
+        allow_remote: a.allow_remote,
+        commit_interval: a.commit_interval,
+    };
+    nbd::serve(opts, Box::new(super::run_in_pool))
+        .with_context(|| format!("cannot serve pool {}", a.pool.display()))
+}
