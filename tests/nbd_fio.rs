@@ -1,0 +1,45 @@
+//! fio through its libnbd engine: random read/write with crc32c verification, four jobs
+//! (four connections) on one volume, each job on its own region.
+
+mod nbd_util;
+use nbd_util::*;
+use std::process::Command;
+
+#[test]
+fn fio_randrw_verify_multi_conn() {
+    if !have_tools(&["fio"]) {
+        return;
+    }
+    let t = make_pool(&[("vol", 256 * MIB)], 64 << 10);
+    let srv = Server::start(&pool_dir(&t));
+    let o = run(Command::new("fio").args([
+        "--name=thinpool",
+        "--ioengine=nbd",
+        &format!("--uri={}", srv.uri("vol")),
+        "--rw=randrw",
+        "--bsrange=512-128k",
+        "--size=32m",
+        "--offset_increment=64m",
+        "--numjobs=4",
+        "--iodepth=8",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        "--runtime=20",
+        "--group_reporting",
+        "--output-format=json",
+    ]));
+    // fio may print notes before the JSON document.
+    let out = stdout(&o);
+    let json = &out[out.find('{').unwrap_or_else(|| panic!("no JSON from fio: {out}"))..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"].as_u64(), Some(0), "{job}");
+    assert!(job["write"]["io_bytes"].as_u64().unwrap() > 0);
+    assert!(job["read"]["io_bytes"].as_u64().unwrap() > 0);
+    eprintln!(
+        "fio randrw: read {} KiB/s, write {} KiB/s",
+        job["read"]["bw"], job["write"]["bw"]
+    );
+    srv.stop().unwrap();
+}
