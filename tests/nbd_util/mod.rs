@@ -162,3 +162,197 @@ pub fn run(cmd: &mut Command) -> Output {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A minimal raw NBD client for protocol tests (speaks just enough to misbehave on purpose).
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::Duration;
+
+    pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+    pub const REQ_MAGIC: u32 = 0x2560_9513;
+    pub const SIMPLE: u32 = 0x6744_6698;
+    pub const STRUCTURED: u32 = 0x668e_33ef;
+    pub const OPT_GO: u32 = 7;
+    pub const OPT_STRUCTURED: u32 = 8;
+    pub const OPT_SET_META: u32 = 10;
+    pub const REP_ACK: u32 = 1;
+    pub const REP_INFO: u32 = 3;
+    pub const REP_META: u32 = 4;
+    pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+    pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+    pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+
+    pub struct Raw {
+        pub s: UnixStream,
+        pub flags: u16,
+        pub size: u64,
+    }
+
+    pub struct Chunk {
+        pub flags: u16,
+        pub kind: u16,
+        pub handle: u64,
+        pub payload: Vec<u8>,
+    }
+
+    impl Raw {
+        /// Connect and read the server greeting.
+        pub fn connect(sock: &Path) -> Raw {
+            let mut s = UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut g = [0u8; 18];
+            s.read_exact(&mut g).unwrap();
+            assert_eq!(&g[..8], b"NBDMAGIC");
+            assert_eq!(&g[8..16], b"IHAVEOPT");
+            Raw {
+                s,
+                flags: 0,
+                size: 0,
+            }
+        }
+        pub fn send(&mut self, b: &[u8]) {
+            self.s.write_all(b).unwrap();
+        }
+        pub fn u16(&mut self) -> u16 {
+            let mut b = [0u8; 2];
+            self.s.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b)
+        }
+        pub fn u32(&mut self) -> u32 {
+            let mut b = [0u8; 4];
+            self.s.read_exact(&mut b).unwrap();
+            u32::from_be_bytes(b)
+        }
+        pub fn u64(&mut self) -> u64 {
+            let mut b = [0u8; 8];
+            self.s.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b)
+        }
+        pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+            let mut v = vec![0u8; n];
+            self.s.read_exact(&mut v).unwrap();
+            v
+        }
+        /// True when the server closed the connection (EOF) within the timeout.
+        pub fn closed(&mut self) -> bool {
+            let mut b = [0u8; 1];
+            match self.s.read(&mut b) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        }
+        pub fn option(&mut self, opt: u32, data: &[u8]) {
+            let mut b = IHAVEOPT.to_be_bytes().to_vec();
+            b.extend_from_slice(&opt.to_be_bytes());
+            b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            b.extend_from_slice(data);
+            self.send(&b);
+        }
+        /// One option reply: (option, reply type, payload).
+        pub fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+            assert_eq!(self.u64(), 0x0003_e889_0455_65a9);
+            let opt = self.u32();
+            let ty = self.u32();
+            let len = self.u32() as usize;
+            (opt, ty, self.bytes(len))
+        }
+        pub fn go_data(name: &str) -> Vec<u8> {
+            let mut d = (name.len() as u32).to_be_bytes().to_vec();
+            d.extend_from_slice(name.as_bytes());
+            d.extend_from_slice(&0u16.to_be_bytes());
+            d
+        }
+        /// NBD_OPT_GO; Ok(()) once attached, Err(reply type) on an error reply.
+        pub fn go(&mut self, name: &str) -> Result<(), u32> {
+            self.option(OPT_GO, &Self::go_data(name));
+            loop {
+                let (_, ty, p) = self.option_reply();
+                match ty {
+                    REP_INFO => {
+                        if u16::from_be_bytes([p[0], p[1]]) == 0 {
+                            self.size = u64::from_be_bytes(p[2..10].try_into().unwrap());
+                            self.flags = u16::from_be_bytes([p[10], p[11]]);
+                        }
+                    }
+                    REP_ACK => return Ok(()),
+                    t => return Err(t),
+                }
+            }
+        }
+        /// Full handshake: flags, optionally structured replies + base:allocation, GO.
+        pub fn attach(sock: &Path, name: &str, structured: bool) -> Raw {
+            let mut c = Raw::connect(sock);
+            c.send(&3u32.to_be_bytes()); // FIXED_NEWSTYLE | NO_ZEROES
+            if structured {
+                c.option(OPT_STRUCTURED, &[]);
+                assert_eq!(c.option_reply().1, REP_ACK);
+                let mut d = (name.len() as u32).to_be_bytes().to_vec();
+                d.extend_from_slice(name.as_bytes());
+                d.extend_from_slice(&1u32.to_be_bytes());
+                d.extend_from_slice(&15u32.to_be_bytes());
+                d.extend_from_slice(b"base:allocation");
+                c.option(OPT_SET_META, &d);
+                assert_eq!(c.option_reply().1, REP_META);
+                assert_eq!(c.option_reply().1, REP_ACK);
+            }
+            c.go(name).unwrap();
+            c
+        }
+        pub fn request(
+            &mut self,
+            flags: u16,
+            kind: u16,
+            handle: u64,
+            off: u64,
+            len: u32,
+            payload: &[u8],
+        ) {
+            let mut b = REQ_MAGIC.to_be_bytes().to_vec();
+            b.extend_from_slice(&flags.to_be_bytes());
+            b.extend_from_slice(&kind.to_be_bytes());
+            b.extend_from_slice(&handle.to_be_bytes());
+            b.extend_from_slice(&off.to_be_bytes());
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(payload);
+            self.send(&b);
+        }
+        /// A simple reply: (error, handle); a read's data follows it on the stream.
+        pub fn simple(&mut self) -> (u32, u64) {
+            assert_eq!(self.u32(), SIMPLE);
+            let err = self.u32();
+            (err, self.u64())
+        }
+        pub fn chunk(&mut self) -> Chunk {
+            assert_eq!(self.u32(), STRUCTURED);
+            let flags = self.u16();
+            let kind = self.u16();
+            let handle = self.u64();
+            let len = self.u32() as usize;
+            Chunk {
+                flags,
+                kind,
+                handle,
+                payload: self.bytes(len),
+            }
+        }
+        pub fn write(&mut self, handle: u64, off: u64, data: &[u8]) -> u32 {
+            self.request(0, 1, handle, off, data.len() as u32, data);
+            let (e, h) = self.simple();
+            assert_eq!(h, handle);
+            e
+        }
+        /// Read with simple replies.
+        pub fn read(&mut self, handle: u64, off: u64, len: u32) -> Result<Vec<u8>, u32> {
+            self.request(0, 0, handle, off, len, &[]);
+            let (e, h) = self.simple();
+            assert_eq!(h, handle);
+            if e != 0 {
+                return Err(e);
+            }
+            Ok(self.bytes(len as usize))
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Misbehaving clients on raw sockets: malformed handshakes and requests get error replies
+//! or a clean disconnect, and never disturb a well-behaved connection running alongside.
+
+mod nbd_util;
+use nbd_util::raw::*;
+use nbd_util::*;
+use std::io::Write;
+use std::path::Path;
+
+const EPERM: u32 = 1;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+/// The well-behaved client: writes a block and reads it back.
+fn good_roundtrip(c: &mut Raw, seed: u8) {
+    let data: Vec<u8> = (0..5000u32).map(|i| (i as u8) ^ seed).collect();
+    assert_eq!(c.write(seed as u64, 70_000, &data), 0);
+    assert_eq!(c.read(1000 + seed as u64, 70_000, 5000).unwrap(), data);
+}
+
+fn setup() -> (tempfile::TempDir, Server, Raw) {
+    let t = make_pool(&[("vol", 8 * MIB), ("other", MIB)], 64 << 10);
+    let srv = Server::start(&pool_dir(&t));
+    let good = Raw::attach(&srv.socket, "vol", false);
+    (t, srv, good)
+}
+
+#[test]
+fn malformed_handshakes() {
+    let (_t, srv, mut good) = setup();
+    let sock: &Path = &srv.socket;
+
+    // Unknown client flags: the server must close.
+    let mut c = Raw::connect(sock);
+    c.send(&0x8000_0001u32.to_be_bytes());
+    assert!(c.closed());
+    good_roundtrip(&mut good, 1);
+
+    // Bad option magic.
+    let mut c = Raw::connect(sock);
+    c.send(&1u32.to_be_bytes());
+    c.send(b"IHAVEOPX\0\0\0\x07\0\0\0\0");
+    assert!(c.closed());
+    good_roundtrip(&mut good, 2);
+
+    // Unknown option: NBD_REP_ERR_UNSUP, then the session goes on and GO works.
+    let mut c = Raw::connect(sock);
+    c.send(&1u32.to_be_bytes());
+    c.option(0x7777, b"junk");
+    let (opt, ty, _) = c.option_reply();
+    assert_eq!((opt, ty), (0x7777, REP_ERR_UNSUP));
+    // Malformed GO (name length past the payload): ERR_INVALID.
+    c.option(OPT_GO, &[0, 0, 1, 0, b'x']);
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    // Unknown export: ERR_UNKNOWN, with a message.
+    let (_, ty, msg) = {
+        c.option(OPT_GO, &Raw::go_data("nope"));
+        c.option_reply()
+    };
+    assert_eq!(ty, REP_ERR_UNKNOWN);
+    assert!(String::from_utf8_lossy(&msg).contains("nope"));
+    // STRUCTURED_REPLY with data is invalid.
+    c.option(OPT_STRUCTURED, b"x");
+    assert_eq!(c.option_reply().1, REP_ERR_INVALID);
+    c.go("vol").unwrap();
+    assert_eq!(c.size, 8 * MIB);
+    good_roundtrip(&mut c, 3);
+
+    // Huge option length: refused without reading it into memory.
+    let mut c = Raw::connect(sock);
+    c.send(&1u32.to_be_bytes());
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&OPT_GO.to_be_bytes());
+    b.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
+    c.send(&b);
+    assert!(c.closed());
+
+    // Truncated option, then the client vanishes.
+    let mut c = Raw::connect(sock);
+    c.send(&1u32.to_be_bytes());
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&OPT_GO.to_be_bytes());
+    b.extend_from_slice(&100u32.to_be_bytes());
+    b.extend_from_slice(&[0; 10]);
+    c.send(&b);
+    drop(c);
+    // Connect and say nothing, then vanish.
+    drop(Raw::connect(sock));
+
+    good_roundtrip(&mut good, 4);
+    // NBD_OPT_EXPORT_NAME of an unknown export closes; of a known one attaches.
+    let mut c = Raw::connect(sock);
+    c.send(&3u32.to_be_bytes());
+    c.option(1, b"nope");
+    assert!(c.closed());
+    let mut c = Raw::connect(sock);
+    c.send(&3u32.to_be_bytes());
+    c.option(1, b"other");
+    assert_eq!(c.u64(), MIB);
+    let _flags = c.u16();
+    good_roundtrip(&mut c, 5);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn malformed_requests() {
+    let (_t, srv, mut good) = setup();
+    let mut c = Raw::attach(&srv.socket, "vol", false);
+    let size = c.size;
+
+    // Out of range: read EINVAL, write ENOSPC (and its payload is consumed).
+    assert_eq!(c.read(1, size - 10, 20), Err(EINVAL));
+    assert_eq!(c.write(2, size - 10, &[7; 20]), ENOSPC);
+    assert_eq!(c.read(3, size, 1), Err(EINVAL));
+    // offset + length overflows.
+    assert_eq!(c.read(4, u64::MAX - 5, 100), Err(EINVAL));
+    c.request(0, 4, 5, u64::MAX, 10, &[]); // trim
+    assert_eq!(c.simple(), (EINVAL, 5));
+    // Unknown command, unknown flags, flags not valid for the command.
+    c.request(0, 42, 6, 0, 0, &[]);
+    assert_eq!(c.simple(), (EINVAL, 6));
+    c.request(0x4000, 0, 7, 0, 512, &[]);
+    assert_eq!(c.simple(), (EINVAL, 7));
+    c.request(2, 0, 8, 0, 512, &[]); // NO_HOLE on a read
+    assert_eq!(c.simple(), (EINVAL, 8));
+    // Block status without a negotiated context.
+    c.request(0, 7, 9, 0, 512, &[]);
+    assert_eq!(c.simple(), (EINVAL, 9));
+    // Read larger than the 32 MiB maximum.
+    assert_eq!(c.read(10, 0, (32 << 20) + 1), Err(EINVAL));
+    good_roundtrip(&mut good, 6);
+    // Write larger than the maximum: its payload is skipped, EINVAL, and we stay in sync.
+    let big = vec![0x55u8; (32 << 20) + 4096];
+    assert_eq!(c.write(11, 0, &big), EINVAL);
+    assert_eq!(c.read(12, 0, 4096).unwrap(), vec![0; 4096]);
+    // Zero-length requests are fine.
+    assert_eq!(c.read(13, 0, 0).unwrap(), Vec::<u8>::new());
+    assert_eq!(c.write(14, 100, &[]), 0);
+    good_roundtrip(&mut c, 7);
+
+    // Pipelining: many requests in flight, replies matched by handle in any order.
+    let n = 200u64;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let mut b = REQ_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.extend_from_slice(&(1000 + i).to_be_bytes());
+        b.extend_from_slice(&(i * 4096).to_be_bytes());
+        b.extend_from_slice(&4096u32.to_be_bytes());
+        b.extend_from_slice(&[i as u8; 4096]);
+        batch.extend_from_slice(&b);
+    }
+    c.s.write_all(&batch).unwrap();
+    let mut seen: Vec<u64> = (0..n)
+        .map(|_| c.simple())
+        .map(|(e, h)| {
+            assert_eq!(e, 0);
+            h
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (1000..1000 + n).collect::<Vec<_>>());
+    for i in (0..n).step_by(37) {
+        assert_eq!(
+            c.read(5000 + i, i * 4096, 4096).unwrap(),
+            vec![i as u8; 4096]
+        );
+    }
+
+    // Bad request magic: hard disconnect (framing is lost).
+    c.send(&[0xde, 0xad, 0xbe, 0xef]);
+    c.send(&[0; 24]);
+    assert!(c.closed());
+    // Truncated request, then gone.
+    let mut c = Raw::attach(&srv.socket, "vol", false);
+    c.request(0, 1, 1, 0, 4096, &[1; 100]);
+    drop(c);
+    good_roundtrip(&mut good, 8);
+    // NBD_CMD_DISC: the server closes after answering what is in flight.
+    let mut c = Raw::attach(&srv.socket, "vol", false);
+    c.request(0, 1, 1, 0, 10, &[9; 10]);
+    c.request(0, 2, 2, 0, 0, &[]);
+    assert_eq!(c.simple(), (0, 1));
+    assert!(c.closed());
+    good_roundtrip(&mut good, 9);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn structured_replies_and_block_status() {
+    let (_t, srv, _good) = setup();
+    let mut c = Raw::attach(&srv.socket, "vol", true);
+    let bs = 64 * 1024u64;
+    assert_eq!(c.write(1, 2 * bs + 10, &[0xaa; 100]), 0);
+    // Read across hole / data / hole: chunks cover the range exactly, holes as OFFSET_HOLE.
+    c.request(0, 0, 2, bs, 3 * bs as u32, &[]);
+    let mut covered = Vec::new();
+    loop {
+        let ch = c.chunk();
+        assert_eq!(ch.handle, 2);
+        let off = u64::from_be_bytes(ch.payload[..8].try_into().unwrap());
+        match ch.kind {
+            1 => {
+                let data = &ch.payload[8..];
+                let rel = (2 * bs + 10 - off) as usize;
+                assert_eq!(&data[rel..rel + 100], &[0xaa; 100][..]);
+                covered.push((off, data.len() as u64, true));
+            }
+            2 => {
+                let n = u32::from_be_bytes(ch.payload[8..12].try_into().unwrap());
+                covered.push((off, n as u64, false));
+            }
+            k => panic!("unexpected chunk type {k}"),
+        }
+        if ch.flags & 1 != 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        covered,
+        vec![(bs, bs, false), (2 * bs, bs, true), (3 * bs, bs, false)]
+    );
+    // Don't-fragment read: one data chunk with the zeros present.
+    c.request(4, 0, 3, bs, 3 * bs as u32, &[]);
+    let ch = c.chunk();
+    assert_eq!((ch.kind, ch.flags & 1), (1, 1));
+    assert_eq!(ch.payload.len() as u64, 8 + 3 * bs);
+    // Block status: hole, data, hole.
+    c.request(0, 7, 4, 0, 4 * bs as u32, &[]);
+    let ch = c.chunk();
+    assert_eq!((ch.kind, ch.flags & 1), (5, 1));
+    let p = &ch.payload;
+    assert_eq!(u32::from_be_bytes(p[0..4].try_into().unwrap()), 1);
+    let ext: Vec<(u32, u32)> = p[4..]
+        .chunks(8)
+        .map(|d| {
+            (
+                u32::from_be_bytes(d[0..4].try_into().unwrap()),
+                u32::from_be_bytes(d[4..8].try_into().unwrap()),
+            )
+        })
+        .collect();
+    let b = bs as u32;
+    assert_eq!(ext, vec![(2 * b, 3), (b, 0), (b, 3)]);
+    // REQ_ONE: only the first extent; unaligned start.
+    c.request(8, 7, 5, 100, 4 * bs as u32, &[]);
+    let ch = c.chunk();
+    assert_eq!(ch.payload.len(), 12);
+    assert_eq!(
+        u32::from_be_bytes(ch.payload[4..8].try_into().unwrap()),
+        2 * b - 100
+    );
+    // Errors arrive as error chunks with a message.
+    c.request(0, 0, 6, c.size, 1, &[]);
+    let ch = c.chunk();
+    assert_eq!((ch.kind, ch.flags & 1), (32769, 1));
+    assert_eq!(
+        u32::from_be_bytes(ch.payload[0..4].try_into().unwrap()),
+        EINVAL
+    );
+    c.request(0, 7, 7, c.size - 10, 20, &[]);
+    assert_eq!(c.chunk().kind, 32769);
+    // Non-read commands may get simple replies.
+    c.request(0, 3, 8, 0, 0, &[]);
+    assert_eq!(c.simple(), (0, 8));
+    srv.stop().unwrap();
+}
+
+#[test]
+fn read_only_exports_refuse_writes() {
+    let t = make_pool(&[("vol", 4 * MIB)], 64 << 10);
+    let mut o = thinpool::nbd::ServeOptions::new(pool_dir(&t));
+    o.read_only = true;
+    let srv = Server::start_with(o);
+    let mut c = Raw::attach(&srv.socket, "vol", false);
+    assert_ne!(c.flags & 2, 0, "READ_ONLY flag");
+    assert_eq!(c.write(1, 0, &[1; 512]), EPERM);
+    c.request(0, 4, 2, 0, 512, &[]);
+    assert_eq!(c.simple(), (EPERM, 2));
+    c.request(0, 6, 3, 0, 512, &[]);
+    assert_eq!(c.simple(), (EPERM, 3));
+    assert_eq!(c.read(4, 0, 512).unwrap(), vec![0; 512]);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn exports_list_limits_what_clients_see() {
+    let t = make_pool(&[("a", MIB), ("b", MIB)], 64 << 10);
+    let mut o = thinpool::nbd::ServeOptions::new(pool_dir(&t));
+    o.exports = vec!["b".into()];
+    let srv = Server::start_with(o);
+    let mut c = Raw::connect(&srv.socket);
+    c.send(&1u32.to_be_bytes());
+    c.option(3, &[]); // LIST
+    let (_, ty, p) = c.option_reply();
+    assert_eq!(ty, 2);
+    assert_eq!(&p[4..], b"b");
+    assert_eq!(c.option_reply().1, REP_ACK);
+    assert_eq!(c.go("a"), Err(REP_ERR_UNKNOWN));
+    // The empty name means the only export.
+    c.go("").unwrap();
+    assert_eq!(c.size, MIB);
+    srv.stop().unwrap();
+}
