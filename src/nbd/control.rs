@@ -133,6 +133,10 @@ fn read_request(s: &mut UnixStream) -> io::Result<Vec<String>> {
 }
 
 /// Why `argv` must not run now, if it would remove or roll back an attached volume.
+///
+/// The CLI's syntax is `remove POOL VOL` and `rollback POOL VOL SNAP`: the volume is the
+/// second positional argument after the command (rolling back *to* an attached snapshot is
+/// harmless). `--force` (or `-f`) anywhere skips the check.
 fn refuse_busy(shared: &Shared, pool: &mut Pool, argv: &[String]) -> Option<String> {
     let rest = argv.get(1..)?;
     let at = rest.iter().position(|a| GUARDED.contains(&a.as_str()))?;
@@ -140,23 +144,27 @@ fn refuse_busy(shared: &Shared, pool: &mut Pool, argv: &[String]) -> Option<Stri
     if rest.iter().any(|a| a == "--force" || a == "-f") {
         return None;
     }
-    // Which argument names the volume depends on the command's syntax; checking every
-    // positional argument (and both sides of `vol@snap`) errs on the side of refusing.
-    for arg in rest[at + 1..].iter().filter(|a| !a.starts_with('-')) {
-        for name in std::iter::once(arg.as_str()).chain(arg.split('@')) {
-            let Ok(id) = pool.volume_id(name) else {
-                continue;
-            };
-            let n = shared.attached(id);
-            if n > 0 {
-                return Some(format!(
-                    "thinpool: volume '{name}' is attached by {n} NBD connection{} to this \
-                     `thinpool serve`; disconnect the client{} first, or pass --force to {cmd} \
-                     it anyway (attached clients then see I/O errors or changed data)\n",
-                    if n == 1 { "" } else { "s" },
-                    if n == 1 { "" } else { "s" },
-                ));
-            }
+    let positional: Vec<&String> = rest[at + 1..]
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let targets = if cmd == "rollback" {
+        positional.get(1..2).unwrap_or(&[])
+    } else {
+        positional.get(1..).unwrap_or(&[])
+    };
+    for name in targets {
+        let Ok(id) = pool.volume_id(name) else {
+            continue;
+        };
+        let n = shared.attached(id);
+        if n > 0 {
+            let s = if n == 1 { "" } else { "s" };
+            return Some(format!(
+                "thinpool: volume '{name}' is attached by {n} NBD connection{s} to this \
+                 `thinpool serve`; disconnect the client{s} first, or pass --force to {cmd} it \
+                 anyway (attached clients then see I/O errors or changed data)\n"
+            ));
         }
     }
     None

@@ -56,15 +56,15 @@ pub fn pool_dir(t: &tempfile::TempDir) -> PathBuf {
     t.path().join("pool")
 }
 
-/// A handler that understands just enough commands to test the control path:
-/// `snapshot SRC NEW`, `remove VOL [--force]`, `list`.
+/// A handler that understands just enough commands (in the CLI's syntax) to test the
+/// control path: `snapshot POOL SRC NEW`, `remove POOL VOL [--force]`, `list POOL`.
 pub fn test_handler() -> ControlHandler {
     Box::new(|pool, argv, out, err| {
         let a: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
         let r = match a.get(1..).unwrap_or(&[]) {
-            ["snapshot", src, new] => pool.snapshot(src, new, true).map(|_| ()),
-            ["remove", vol, ..] => pool.remove_volume(vol),
-            ["list"] => pool.volumes().map(|v| {
+            ["snapshot", _, src, new] => pool.snapshot(src, new, true).map(|_| ()),
+            ["remove", _, vol, ..] => pool.remove_volume(vol),
+            ["list", _] => pool.volumes().map(|v| {
                 for (_, d) in v {
                     out.extend_from_slice(format!("{}\n", d.name).as_bytes());
                 }
@@ -103,14 +103,13 @@ impl Server {
         let s2 = stop.clone();
         let thread = std::thread::spawn(move || serve_until(opts, test_handler(), s2));
         let t0 = Instant::now();
-        while !socket.exists() || !dir.join("control.sock").exists() {
+        // Connectable, not merely present: a stale socket file may exist before the start.
+        let up = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
+        while !up(&socket) || !up(&dir.join("control.sock")) {
             if thread.is_finished() {
                 panic!("server exited: {:?}", thread.join().unwrap());
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "server did not start"
-            );
+            assert!(t0.elapsed() < Duration::from_secs(20), "server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
         Server {
