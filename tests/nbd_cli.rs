@@ -1,0 +1,99 @@
+//! The real `thinpool serve` binary with management commands from other processes: they go
+//! through the control socket and run between NBD requests.
+
+mod nbd_util;
+use nbd_util::raw::Raw;
+use nbd_util::*;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
+
+fn thinpool(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn spawn_serve(dir: &Path) -> Child {
+    let child = Command::new(BIN)
+        .args(["serve", dir.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(dir.join("control.sock")).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn sigterm(mut child: Child) -> std::process::ExitStatus {
+    // kill(1) keeps the tests free of unsafe libc calls.
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "serve did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn management_while_serving() {
+    let t = make_pool(&[("vol", 8 * MIB)], 64 << 10);
+    let dir = pool_dir(&t);
+    let d = dir.to_str().unwrap();
+    let child = spawn_serve(&dir);
+    let sock = dir.join("nbd.sock");
+
+    // A second server on the same pool is refused.
+    let o = thinpool(&["serve", d]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use"));
+
+    let mut c = Raw::attach(&sock, "vol", false);
+    assert_eq!(c.write(1, 3000, &[0x61; 200_000]), 0);
+    let o = thinpool(&["snapshot", d, "vol", "before"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(c.write(2, 3000, &[0x62; 200_000]), 0);
+    let o = thinpool(&["create", d, "extra", "-s", "1M"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = thinpool(&["list", d, "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vol", "before", "extra"]);
+
+    // The snapshot holds exactly what was written before it.
+    let mut s = Raw::attach(&sock, "before", false);
+    assert_eq!(s.read(1, 3000, 200_000).unwrap(), vec![0x61; 200_000]);
+    assert_eq!(s.read(2, 0, 3000).unwrap(), vec![0; 3000]);
+    assert_eq!(c.read(3, 3000, 200_000).unwrap(), vec![0x62; 200_000]);
+
+    // Removing an attached volume is refused with a clear message.
+    let o = thinpool(&["remove", d, "vol"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("attached"), "{err}");
+    let o = thinpool(&["remove", d, "extra"]);
+    assert!(o.status.success(), "{o:?}");
+
+    // SIGTERM: clean exit, sockets gone, completed writes durable.
+    assert_eq!(c.write(4, 0, &[0x63; 1000]), 0);
+    let st = sigterm(child);
+    assert!(st.success(), "{st:?}");
+    assert!(!sock.exists() && !dir.join("control.sock").exists());
+    let o = thinpool(&["read", d, "vol", "--length", "1000", "-"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, vec![0x63; 1000]);
+}
