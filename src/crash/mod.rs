@@ -32,7 +32,7 @@ pub struct CrashConfig {
     pub states_per_point: usize,
     /// Stop after this many states (0: no limit).
     pub max_states: u64,
-    pub faults: CrashFaults,
+    pub faults: FaultSet,
     /// Test-only: write the commit record before syncing the new metadata.
     pub broken_commit_order: bool,
     /// Only explore this (crash point, state) pair (replay).
@@ -49,14 +49,90 @@ impl Default for CrashConfig {
             pool_size: 16 << 20,
             states_per_point: 8,
             max_states: 0,
-            faults: CrashFaults {
-                drop: 0.5,
-                reorder: true,
-                torn: 0.3,
-            },
+            faults: FaultSet::default(),
             broken_commit_order: false,
             only: None,
         }
+    }
+}
+
+/// Which faults a run injects. `drop`, `reorder` and `torn` are what a power loss does and are
+/// inside the promise: every state must recover exactly. `eio` (a metadata read fails),
+/// `bitflip` (one bit of a written metadata block flips) and `misdirect` (one unflushed
+/// metadata write lands on another block) are media faults beyond it, at most one per state:
+/// for those the promise is that they are *detected* (recovery fails cleanly, falls back to
+/// an older record and says so, the checker reports them, or the read fails) and never turn
+/// into silently wrong data or a panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultSet {
+    pub drop: bool,
+    pub reorder: bool,
+    pub torn: bool,
+    pub eio: bool,
+    pub bitflip: bool,
+    pub misdirect: bool,
+}
+
+impl Default for FaultSet {
+    fn default() -> Self {
+        FaultSet {
+            drop: true,
+            reorder: true,
+            torn: true,
+            eio: false,
+            bitflip: false,
+            misdirect: false,
+        }
+    }
+}
+
+impl FaultSet {
+    /// Parse `drop,reorder,torn,eio,bitflip,misdirect` (any subset).
+    pub fn parse(s: &str) -> Result<FaultSet, String> {
+        let mut f = FaultSet {
+            drop: false,
+            reorder: false,
+            torn: false,
+            eio: false,
+            bitflip: false,
+            misdirect: false,
+        };
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "drop" => f.drop = true,
+                "reorder" => f.reorder = true,
+                "torn" => f.torn = true,
+                "eio" => f.eio = true,
+                "bitflip" => f.bitflip = true,
+                "misdirect" => f.misdirect = true,
+                other => {
+                    return Err(format!(
+                    "unknown fault '{other}' (known: drop, reorder, torn, eio, bitflip, misdirect)"
+                ))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn names(&self) -> String {
+        let all = [
+            ("drop", self.drop),
+            ("reorder", self.reorder),
+            ("torn", self.torn),
+            ("eio", self.eio),
+            ("bitflip", self.bitflip),
+            ("misdirect", self.misdirect),
+        ];
+        all.iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn media(&self) -> bool {
+        self.eio || self.bitflip || self.misdirect
     }
 }
 
@@ -74,6 +150,10 @@ pub struct Violation {
 pub struct CrashReport {
     pub states: u64,
     pub points: u64,
+    /// States with a media fault injected, and how many of those were detected (the rest
+    /// did not matter: the damaged block was not needed and every byte read back right).
+    pub media_faults: u64,
+    pub media_detected: u64,
     pub ops: usize,
     pub elapsed: Duration,
     pub violations: Vec<Violation>,
@@ -175,59 +255,140 @@ fn explore(
                     continue;
                 }
             }
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                cfg.seed ^ p.seq.wrapping_mul(0x9e37_79b9) ^ ((k as u64) << 48),
-            );
-            // State 0 keeps every write, state 1 drops every write; the rest are random.
-            let faults = match k {
-                0 => CrashFaults {
-                    drop: 0.0,
-                    reorder: false,
-                    torn: 0.0,
-                },
-                1 => CrashFaults {
-                    drop: 1.0,
-                    reorder: false,
-                    torn: 0.0,
-                },
-                _ => cfg.faults,
-            };
+            let mut rng = state_rng(cfg.seed, p.seq, k);
             rep.states += 1;
-            if let Err(message) = verify_state(p, faults, &mut rng, oracle) {
-                rep.violations.push(Violation {
-                    seed: cfg.seed,
-                    point: p.seq,
-                    state: k,
-                    op,
-                    message,
-                });
-                return;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                verify_state(p, cfg.faults, k, &mut rng, oracle)
+            }));
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(format!("panic during recovery or verification: {what}"))
+                }
+            };
+            match outcome {
+                Ok(StateOutcome::Exact) => {}
+                Ok(StateOutcome::Injected { detected }) => {
+                    rep.media_faults += 1;
+                    rep.media_detected += detected as u64;
+                }
+                Err(message) => {
+                    rep.violations.push(Violation {
+                        seed: cfg.seed,
+                        point: p.seq,
+                        state: k,
+                        op,
+                        message,
+                    });
+                    return;
+                }
             }
         }
     }
 }
 
+fn state_rng(seed: u64, point: u64, k: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ point.wrapping_mul(0x9e37_79b9) ^ ((k as u64) << 48))
+}
+
+enum StateOutcome {
+    /// Recovered and every sector matched the oracle.
+    Exact,
+    /// A media fault was injected; `detected` when recovery, the checker or a read said so.
+    Injected { detected: bool },
+}
+
 fn verify_state(
     p: &CrashPoint,
-    faults: CrashFaults,
+    fs: FaultSet,
+    k: usize,
     rng: &mut ChaCha8Rng,
     oracle: &Oracle,
-) -> Result<(), String> {
-    let meta: Arc<dyn BlockDev> = Arc::new(CrashImage::build(p, 0, faults, rng));
+) -> Result<StateOutcome, String> {
+    // State 0 keeps every unflushed write, state 1 drops them all; the rest are random.
+    let faults = match k {
+        0 => CrashFaults::default(),
+        1 => CrashFaults {
+            drop: 1.0,
+            ..Default::default()
+        },
+        _ => CrashFaults {
+            drop: if fs.drop { 0.5 } else { 0.0 },
+            reorder: fs.reorder,
+            torn: if fs.torn { 0.3 } else { 0.0 },
+            misdirect: false,
+        },
+    };
+    // At most one media fault per state (the fault budget), never in states 0 and 1.
+    let media = if k >= 2 && fs.media() {
+        let kinds: Vec<u8> = [(fs.eio, 0u8), (fs.bitflip, 1), (fs.misdirect, 2)]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        Some(kinds[rng.gen_range(0..kinds.len())])
+    } else {
+        None
+    };
+    let meta_faults = CrashFaults {
+        misdirect: media == Some(2),
+        ..faults
+    };
+    let mut meta_img = CrashImage::build(p, 0, meta_faults, rng);
     let data: Arc<dyn BlockDev> = Arc::new(CrashImage::build(p, 1, faults, rng));
+    match media {
+        Some(0) => {
+            let secs = meta_img.written_sectors();
+            let s = secs[rng.gen_range(0..secs.len())];
+            meta_img.fail_reads(s / 8 * 4096, 4096);
+        }
+        Some(1) => {
+            let secs = meta_img.written_sectors();
+            let s = secs[rng.gen_range(0..secs.len())];
+            meta_img.flip_bit(s * 512 + rng.gen_range(0..512), rng.gen_range(0..8));
+        }
+        _ => {}
+    }
+    let meta: Arc<dyn BlockDev> = Arc::new(meta_img);
+    let injected = media.is_some();
+    let detected = |why: String| -> Result<StateOutcome, String> {
+        if injected {
+            Ok(StateOutcome::Injected { detected: true })
+        } else {
+            Err(why)
+        }
+    };
     let opts = OpenOptions {
         read_only: true,
         cache_blocks: 256,
         at_seq: None,
     };
-    let mut pool =
-        Pool::open_on(meta.clone(), data, &opts).map_err(|e| format!("recovery failed: {e}"))?;
+    let mut pool = match Pool::open_on(meta.clone(), data, &opts) {
+        Ok(p) => p,
+        Err(e) => return detected(format!("recovery failed: {e}")),
+    };
+    if let Some(r) = pool.open_report() {
+        if r.chosen_seq != r.newest_valid_seq {
+            return detected(format!(
+                "recovery fell back from seq {} to {} with no media fault: {:?}",
+                r.newest_valid_seq, r.chosen_seq, r.skipped
+            ));
+        }
+    }
     let r = check::check(meta, None);
     if !r.is_clean() {
         let errs: Vec<String> = r.errors().take(5).map(|f| f.to_string()).collect();
-        return Err(format!("checker found errors after recovery: {errs:?}"));
+        return detected(format!("checker found errors after recovery: {errs:?}"));
     }
-    let vols = pool.volumes().map_err(|e| e.to_string())?;
+    let vols = match pool.volumes() {
+        Ok(v) => v,
+        Err(e) => return detected(format!("listing volumes failed: {e}")),
+    };
     for (_, d) in &vols {
         if !oracle.vols.contains_key(&d.name) {
             return Err(format!(
@@ -242,20 +403,28 @@ fn verify_state(
             None if vo.exists == Exists::Maybe => continue,
             None => return Err(format!("volume '{name}' is missing after recovery")),
         };
-        verify_volume(&mut pool, id, name, vo).map_err(|e| {
-            let r = pool
-                .open_report()
-                .map(|r| {
-                    format!(
-                        "recovered seq {} (newest valid {}, skipped {:?})",
-                        r.chosen_seq, r.newest_valid_seq, r.skipped
-                    )
-                })
-                .unwrap_or_default();
-            format!("{e} [{r}]")
-        })?;
+        match verify_volume(&mut pool, id, name, vo) {
+            Ok(()) => {}
+            Err(VerifyError::Read(e)) => return detected(e),
+            Err(VerifyError::Wrong(e)) => {
+                let r = pool
+                    .open_report()
+                    .map(|r| {
+                        format!(
+                            "recovered seq {} (newest valid {})",
+                            r.chosen_seq, r.newest_valid_seq
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(format!("{e} [{r}]"));
+            }
+        }
     }
-    Ok(())
+    Ok(if injected {
+        StateOutcome::Injected { detected: false }
+    } else {
+        StateOutcome::Exact
+    })
 }
 
 fn verify_live(pool: &mut Pool, oracle: &Oracle) -> Result<(), String> {
@@ -278,16 +447,28 @@ fn verify_live(pool: &mut Pool, oracle: &Oracle) -> Result<(), String> {
     Ok(())
 }
 
-fn verify_volume(pool: &mut Pool, id: VolumeId, name: &str, vo: &VolOracle) -> Result<(), String> {
+enum VerifyError {
+    /// The pool refused to read (an error, not wrong data).
+    Read(String),
+    /// A sector holds a value the oracle does not allow.
+    Wrong(String),
+}
+
+fn verify_volume(
+    pool: &mut Pool,
+    id: VolumeId,
+    name: &str,
+    vo: &VolOracle,
+) -> Result<(), VerifyError> {
     let size = vo.sectors * SECTOR as u64;
     let mut buf = vec![0u8; size as usize];
     pool.read(id, 0, &mut buf)
-        .map_err(|e| format!("reading '{name}' failed: {e}"))?;
+        .map_err(|e| VerifyError::Read(format!("reading '{name}' failed: {e}")))?;
     for s in 0..vo.sectors {
         let sec = &buf[s as usize * SECTOR..(s as usize + 1) * SECTOR];
         let st = vo.get(s);
         match decode_sector(sec, s) {
-            Err(why) => return Err(format!("'{name}' sector {s} {why}")),
+            Err(why) => return Err(VerifyError::Wrong(format!("'{name}' sector {s} {why}"))),
             Ok(w) if !st.allows(w) => {
                 let vb = s * SECTOR as u64 / pool.block_size();
                 let mut maps = Vec::new();
@@ -298,10 +479,10 @@ fn verify_volume(pool: &mut Pool, id: VolumeId, name: &str, vo: &VolOracle) -> R
                         pool.mappings(vid, vb, vb + 1, 1).unwrap_or_default()
                     ));
                 }
-                return Err(format!(
-                    "'{name}' sector {s} reads write {w}; allowed: durable {} or newer {:?}; block {vb} mappings {maps:?} roots {:?}",
-                    st.durable, st.newer, debug_roots(pool)
-                ));
+                return Err(VerifyError::Wrong(format!(
+                    "'{name}' sector {s} reads write {w}; allowed: durable {} or newer {:?}; block {vb} is mapped as {maps:?}",
+                    st.durable, st.newer
+                )));
             }
             Ok(_) => {}
         }
@@ -465,14 +646,68 @@ impl Workload {
     }
 }
 
-/// Debug helper: root of each volume's mapping tree (live).
-#[doc(hidden)]
-pub fn debug_roots(pool: &mut Pool) -> Vec<(String, u64, u64)> {
-    let mut out = Vec::new();
-    for (id, d) in pool.volumes().unwrap_or_default() {
-        if let Ok(r) = pool.debug_vol_root(id) {
-            out.push((d.name, r.block.0, r.gen));
-        }
+impl CrashConfig {
+    /// A replay file for `v`: the whole configuration plus the one state to explore.
+    pub fn replay_json(&self, v: &Violation) -> serde_json::Value {
+        serde_json::json!({
+            "thinpool_crash_replay": 1,
+            "seed": self.seed,
+            "ops": self.ops,
+            "volumes": self.volumes,
+            "block_size": self.block_size,
+            "pool_size": self.pool_size,
+            "states_per_point": self.states_per_point,
+            "faults": self.faults.names(),
+            "broken_commit_order": self.broken_commit_order,
+            "point": v.point,
+            "state": v.state,
+            "message": v.message,
+        })
     }
-    out
+
+    /// The configuration a replay file describes (it explores only the recorded state).
+    pub fn from_replay(j: &serde_json::Value) -> Result<CrashConfig, String> {
+        if j.get("thinpool_crash_replay").and_then(|v| v.as_u64()) != Some(1) {
+            return Err(
+                "not a thinpool crash replay file (missing \"thinpool_crash_replay\": 1)".into(),
+            );
+        }
+        let num = |k: &str| -> Result<u64, String> {
+            j.get(k)
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| format!("replay file: \"{k}\" is missing or not a number"))
+        };
+        let faults = j
+            .get("faults")
+            .and_then(|v| v.as_str())
+            .unwrap_or("drop,reorder,torn");
+        Ok(CrashConfig {
+            seed: num("seed")?,
+            ops: num("ops")? as usize,
+            volumes: num("volumes")? as usize,
+            block_size: num("block_size")?,
+            pool_size: num("pool_size")?,
+            states_per_point: num("states_per_point")? as usize,
+            max_states: 0,
+            faults: FaultSet::parse(faults)?,
+            broken_commit_order: j
+                .get("broken_commit_order")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            only: Some((num("point")?, num("state")? as usize)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_names_round_trip_and_reject_unknown() {
+        let f = FaultSet::parse("drop,torn,bitflip").unwrap();
+        assert!(f.drop && f.torn && f.bitflip && !f.reorder && !f.eio && !f.misdirect);
+        assert_eq!(FaultSet::parse(&f.names()).unwrap(), f);
+        assert!(FaultSet::parse("drop,melt").unwrap_err().contains("melt"));
+    }
 }

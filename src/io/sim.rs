@@ -172,9 +172,11 @@ impl SimGroup {
         snapshot(&g)
     }
 
-    /// Make the `n`-th flush (0-based, counted per device) of device `idx` fail with EIO.
-    pub fn fail_flush(&self, idx: usize, n: u64) {
-        self.g.lock().unwrap().devs[idx].fail_flush_at = Some(n);
+    /// Make the next flush of device `idx` fail with EIO.
+    pub fn fail_next_flush(&self, idx: usize) {
+        let mut g = self.g.lock().unwrap();
+        let d = &mut g.devs[idx];
+        d.fail_flush_at = Some(d.flushes);
     }
 }
 
@@ -243,15 +245,21 @@ impl BlockDev for SimDev {
             let layer = std::mem::take(&mut d.live);
             d.durable.push(Arc::new(layer));
             d.pending.clear();
-            if d.durable.len() > 32 {
-                // Compact: merge every layer into one (old crash points keep their Arcs).
-                let mut merged = Layer::default();
-                for l in &d.durable {
-                    for (s, v) in &l.sectors {
-                        merged.sectors.insert(*s, v.clone());
-                    }
+            // Keep O(log n) layers (so reads stay fast): merge the newest two while the
+            // older one is not much larger, like a binary counter. Crash points captured
+            // earlier keep their own Arcs to the layers they saw.
+            while d.durable.len() >= 2 {
+                let n = d.durable.len();
+                let (older, newer) = (&d.durable[n - 2], &d.durable[n - 1]);
+                if older.sectors.len() > 2 * newer.sectors.len() {
+                    break;
                 }
-                d.durable = vec![Arc::new(merged)];
+                let mut merged = (**older).clone();
+                for (s, v) in &newer.sectors {
+                    merged.sectors.insert(*s, v.clone());
+                }
+                d.durable.truncate(n - 2);
+                d.durable.push(Arc::new(merged));
             }
         }
         Ok(())
@@ -279,10 +287,13 @@ impl BlockDev for SimDev {
 }
 
 /// How a crash image treats the unflushed writes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct CrashFaults {
     /// Probability that an unflushed write is lost.
     pub drop: f64,
+    /// Send one surviving write of `len >= 4096` to another 4 KiB-aligned offset
+    /// (a misdirected write), when set.
+    pub misdirect: bool,
     /// Apply surviving writes in a random order (later writes may lose to earlier ones).
     pub reorder: bool,
     /// Probability that a surviving multi-sector write is torn (only some sectors land).
@@ -296,6 +307,8 @@ pub struct CrashImage {
     top: Mutex<Layer>,
     len: std::sync::atomic::AtomicU64,
     capacity: u64,
+    /// Reads touching this byte range fail with EIO (fault injection).
+    fail_reads: Option<(u64, u64)>,
 }
 
 impl CrashImage {
@@ -316,7 +329,26 @@ impl CrashImage {
             chosen.shuffle(rng);
         }
         let mut layer = Layer::default();
-        for w in chosen {
+        let misdirect_at = if faults.misdirect {
+            let big: Vec<usize> = (0..chosen.len())
+                .filter(|&i| chosen[i].data.len() >= 4096)
+                .collect();
+            (!big.is_empty()).then(|| big[rng.gen_range(0..big.len())])
+        } else {
+            None
+        };
+        for (i, w) in chosen.into_iter().enumerate() {
+            let w = if misdirect_at == Some(i) {
+                let blocks = (*len / 4096).max(1);
+                let to = rng.gen_range(0..blocks) * 4096;
+                &WriteRec {
+                    seq: w.seq,
+                    offset: to,
+                    data: w.data.clone(),
+                }
+            } else {
+                w
+            };
             let sectors = (w.offset % SECTOR + w.data.len() as u64).div_ceil(SECTOR);
             let torn = sectors > 1 && rng.gen_bool(faults.torn);
             let mut pos = 0usize;
@@ -339,12 +371,43 @@ impl CrashImage {
             top: Mutex::new(Layer::default()),
             len: std::sync::atomic::AtomicU64::new(*len),
             capacity: *capacity,
+            fail_reads: None,
         }
+    }
+
+    /// Every write this device ever received (durable and surviving), as sector numbers.
+    pub fn written_sectors(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.sectors.keys().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Flip one bit of the byte at `offset` (a bit flip on the medium).
+    pub fn flip_bit(&self, offset: u64, bit: u8) {
+        let mut b = [0u8; 1];
+        let _ = self.read_at(&mut b, offset);
+        b[0] ^= 1 << (bit % 8);
+        let _ = self.write_at(&b, offset);
+    }
+
+    /// Make reads of `[offset, offset+len)` fail with EIO.
+    pub fn fail_reads(&mut self, offset: u64, len: u64) {
+        self.fail_reads = Some((offset, len));
     }
 }
 
 impl BlockDev for CrashImage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some((o, l)) = self.fail_reads {
+            if offset < o + l && o < offset + buf.len() as u64 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
         let top = self.top.lock().unwrap();
         read_range(&self.layers, &[&top], buf, offset);
         Ok(())
@@ -401,6 +464,7 @@ mod tests {
             drop: 1.0,
             reorder: false,
             torn: 0.0,
+            ..Default::default()
         };
         let img = CrashImage::build(&pts[1], 0, all_drop, &mut rng);
         let mut b = [0u8; 1024];
@@ -413,6 +477,7 @@ mod tests {
             drop: 0.0,
             reorder: false,
             torn: 0.0,
+            ..Default::default()
         };
         let img = CrashImage::build(&pts[1], 0, keep, &mut rng);
         img.read_at(&mut b, 0).unwrap();
@@ -425,6 +490,7 @@ mod tests {
             drop: 0.0,
             reorder: false,
             torn: 1.0,
+            ..Default::default()
         };
         let mut seen = std::collections::HashSet::new();
         for _ in 0..32 {

@@ -379,10 +379,3 @@ fn check_size_fits(size: u64, bs: u64) -> Result<()> {
     }
     Ok(())
 }
-
-impl Pool {
-    #[doc(hidden)]
-    pub fn debug_vol_root(&mut self, id: VolumeId) -> Result<BlockRef> {
-        self.vol_root(id)
-    }
-}
