@@ -75,6 +75,9 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
+/// The server's control socket inside the pool directory (`nbd::control::SOCKET_NAME`).
+const CONTROL_SOCKET: &str = "control.sock";
+
 /// Where a command runs: in its own process, or inside a server on its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -174,12 +177,18 @@ fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
         _ => cmd.pool_dir().expect("every other command names a pool"),
     };
     let fwd = forwarded_argv(cmd, argv)?;
-    let reply = nbd::forward(dir, &fwd).with_context(|| {
-        format!(
-            "cannot reach the server of pool {} through its control socket",
-            dir.display()
-        )
-    })?;
+    let reply = match nbd::forward(dir, &fwd) {
+        Ok(r) => r,
+        // No control socket at all (POOL missing, not a directory...): opening the pool
+        // below gives the better message.
+        Err(_) if !dir.join(CONTROL_SOCKET).exists() => None,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot reach the server of pool {} through its control socket",
+                dir.display()
+            )))
+        }
+    };
     if let Some(f) = reply {
         out.write_all(&f.stdout)?;
         std::io::stderr().write_all(&f.stderr)?;

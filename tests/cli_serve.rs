@@ -1,0 +1,120 @@
+//! Commands sent to a running `thinpool serve` through POOL/control.sock run inside the
+//! server, with the same output and exit codes as when they open the pool themselves.
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Server {
+    fn start(tp: &TestPool) -> Server {
+        let sock = tp.file("nbd.sock");
+        let child = Command::new(BIN)
+            .args(["serve", tp.p(), "--socket", sock.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !tp.dir.join("control.sock").exists() {
+            if let Some(st) = server.0.try_wait().unwrap() {
+                panic!("thinpool serve exited early: {st}");
+            }
+            assert!(Instant::now() < deadline, "no control socket after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// SIGTERM, then wait: a clean shutdown commits.
+    fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let st = self.0.wait().unwrap();
+        assert!(st.success(), "serve exited with {st}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn management_through_the_control_socket() {
+    let tp = TestPool::new("16M", "4K");
+    tp.run(&["create", "{}", "vm", "--size", "1M"]).ok();
+    let server = Server::start(&tp);
+
+    // Without forwarding these would fail: the server holds the exclusive lock.
+    let out = tp.run(&["create", "{}", "new", "--size", "2M"]).ok();
+    assert!(
+        out.text().contains("created volume 'new'"),
+        "{}",
+        out.text()
+    );
+    let list = tp.list();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(tp.info()["volumes"] == 2);
+
+    // Errors come back with their exit codes and messages.
+    tp.run(&["info", "{}", "nope"])
+        .fails(1, "no volume named 'nope'");
+    tp.run(&["create", "{}", "x", "--size", "10X"])
+        .fails(2, "unknown unit");
+
+    // A relative FILE is resolved in the caller's directory, not the server's.
+    std::fs::write(tp.file("rel.bin"), b"relative path data").unwrap();
+    thinpool_at(
+        &["write", tp.p(), "vm", "--offset", "100", "rel.bin"],
+        None,
+        Some(tp.tmp.path()),
+    )
+    .ok();
+    thinpool_at(
+        &[
+            "read",
+            tp.p(),
+            "vm",
+            "--offset",
+            "100",
+            "--length",
+            "18",
+            "back.bin",
+        ],
+        None,
+        Some(tp.tmp.path()),
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(tp.file("back.bin")).unwrap(),
+        b"relative path data"
+    );
+
+    // Standard streams do not travel through the control socket: a clear refusal.
+    tp.run_in(&["write", "{}", "vm"], Some(b"stdin data"))
+        .fails(1, "give a FILE path");
+    tp.run(&["read", "{}", "vm"]).fails(1, "give a FILE path");
+    tp.run(&["demo"]).ok();
+
+    tp.run(&["snapshot", "{}", "vm", "snap"]).ok();
+    server.stop();
+
+    // Everything done through the server is durable and visible without it.
+    assert_eq!(tp.read("snap", 100, 18), b"relative path data");
+    let names: Vec<String> = tp
+        .list()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["vm", "new", "snap"]);
+    tp.check_clean();
+}
