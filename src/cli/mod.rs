@@ -8,6 +8,7 @@
 //! Exit codes: 0 success, 1 the command failed (message on stderr as `thinpool: ...`),
 //! 2 usage error (clap's message).
 
+mod check_cmds;
 mod demo;
 mod io_cmds;
 mod output;
@@ -69,6 +70,10 @@ pub enum Command {
     Read(ReadArgs),
     /// Discard (trim) a range of a volume, freeing its blocks
     Discard(DiscardArgs),
+    /// Check a pool's metadata: every block, every reference count (like thin_check)
+    Check(check_cmds::CheckArgs),
+    /// Crash-injection runs: simulated power loss (or SIGKILL of the real binary)
+    Crashtest(check_cmds::CrashtestArgs),
     /// A guided tour on a temporary pool
     Demo(demo::DemoArgs),
     /// Serve the pool's volumes over NBD (and accept commands on POOL/control.sock)
@@ -89,9 +94,11 @@ impl Command {
     /// The pool a command works on, when it works on an existing pool.
     fn pool_dir(&self) -> Option<&Path> {
         Some(match self {
-            Command::Pool(PoolCmd::Create(_)) | Command::Demo(_) | Command::Serve(_) => {
-                return None
-            }
+            Command::Pool(PoolCmd::Create(_))
+            | Command::Demo(_)
+            | Command::Serve(_)
+            | Command::Crashtest(_) => return None,
+            Command::Check(a) => &a.pool,
             Command::Pool(PoolCmd::Info(a)) => &a.pool,
             Command::Pool(PoolCmd::Grow(a)) => &a.pool,
             Command::Create(a) => &a.pool,
@@ -113,6 +120,7 @@ impl Command {
         matches!(
             self,
             Command::Pool(PoolCmd::Info(_))
+                | Command::Check(_)
                 | Command::List(_)
                 | Command::Info(_)
                 | Command::Read(_)
@@ -136,7 +144,11 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::Write(a) => io_cmds::write(a, pool, out, mode),
         Command::Read(a) => io_cmds::read(a, pool, out, mode),
         Command::Discard(a) => io_cmds::discard(a, pool, out),
-        Command::Pool(PoolCmd::Create(_)) | Command::Demo(_) | Command::Serve(_) => {
+        Command::Check(a) => check_cmds::check(a, pool, out),
+        Command::Pool(PoolCmd::Create(_))
+        | Command::Demo(_)
+        | Command::Serve(_)
+        | Command::Crashtest(_) => {
             anyhow::bail!("this command cannot run on a pool that is already open")
         }
     }
@@ -173,6 +185,7 @@ fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
     let dir = match cmd {
         Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
+        Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
         Command::Serve(a) => return serve_cmd::run(a, out).map(|()| 0),
         _ => cmd.pool_dir().expect("every other command names a pool"),
     };
@@ -248,7 +261,10 @@ pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mu
         }
     };
     let res = match &cli.command {
-        Command::Pool(PoolCmd::Create(_)) | Command::Demo(_) | Command::Serve(_) => Err(
+        Command::Pool(PoolCmd::Create(_))
+        | Command::Demo(_)
+        | Command::Serve(_)
+        | Command::Crashtest(_) => Err(
             anyhow::anyhow!("this command cannot be sent to a running `thinpool serve`"),
         ),
         cmd => execute(cmd, pool, out, Mode::Server),

@@ -7,6 +7,7 @@
 //! Runs are deterministic from the seed: the workload's random choices and each state's fault
 //! choices come from ChaCha streams keyed by the seed (and the crash point and state index).
 
+pub mod kill;
 pub mod oracle;
 
 use crate::check;

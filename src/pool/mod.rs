@@ -533,6 +533,11 @@ impl Pool {
         self.tm.broken_commit_order = on;
     }
 
+    /// The metadata device (the checker reads it directly).
+    pub fn metadata_dev(&self) -> Arc<dyn BlockDev> {
+        self.tm.bm.dev().clone()
+    }
+
     /// Metadata cache statistics.
     pub fn cache_stats(&self) -> crate::meta::cache::CacheStats {
         self.tm.bm.stats

@@ -1,0 +1,258 @@
+//! `thinpool check` (the checker) and `thinpool crashtest` (crash injection).
+
+use super::output::print_json;
+use super::size::parse_size;
+use crate::check;
+use crate::crash::kill::{kill_child, run_kill, KillConfig};
+use crate::crash::{run, CrashConfig, CrashReport, FaultSet};
+use crate::pool::Pool;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Pool directory
+    pub pool: PathBuf,
+    /// Print one JSON document with every finding
+    #[arg(long)]
+    pub json: bool,
+    /// Check the state of an older commit instead of the newest usable one
+    #[arg(long)]
+    pub seq: Option<u64>,
+}
+
+/// Check the pool's metadata; exit 1 when anything is damaged.
+pub fn check(a: &CheckArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {
+    let r = check::check(pool.metadata_dev(), a.seq);
+    if a.json {
+        print_json(out, &r.to_json())?;
+    } else {
+        let s = &r.stats;
+        writeln!(
+            out,
+            "checked seq {}: {} volumes, {} mappings, {} metadata nodes; {} data and {} metadata blocks in use; {} valid journal slots",
+            s.seq, s.volumes, s.mappings, s.nodes, s.data_blocks_used, s.metadata_blocks_used, s.valid_slots
+        )?;
+        for f in &r.findings {
+            writeln!(out, "{f}")?;
+        }
+        if r.is_clean() {
+            writeln!(out, "clean: no errors, no leaked blocks")?;
+        }
+    }
+    let n = r.errors().count();
+    if n > 0 {
+        bail!("check found {n} error(s) in {}", a.pool.display());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct CrashtestArgs {
+    /// First seed (runs are deterministic from it)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of seeds to run (seed, seed+1, ...)
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Stop each seed after this many crash states (0: explore the whole run)
+    #[arg(long, default_value_t = 0)]
+    pub states: u64,
+    /// Workload operations per seed
+    #[arg(long, default_value_t = 300)]
+    pub ops: usize,
+    /// Most volumes alive at once
+    #[arg(long, default_value_t = 4)]
+    pub volumes: usize,
+    /// Data block size of the simulated pool
+    #[arg(long, default_value = "4K", value_parser = parse_size)]
+    pub block_size: u64,
+    /// Post-crash states built at each crash point
+    #[arg(long, default_value_t = 8)]
+    pub states_per_point: usize,
+    /// Faults to inject: drop,reorder,torn (power loss) and eio,bitflip,misdirect (media)
+    #[arg(long, default_value = "drop,reorder,torn")]
+    pub faults: String,
+    /// Print one JSON document
+    #[arg(long)]
+    pub json: bool,
+    /// Re-run exactly the state a replay file records
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Where to write the replay file of a violation
+    #[arg(long, default_value = "thinpool-crash-replay.json")]
+    pub replay_out: PathBuf,
+    /// Kill mode: run the real binary on a real pool in DIR and SIGKILL it
+    #[arg(long, value_name = "DIR")]
+    pub kill: Option<PathBuf>,
+    /// Kill mode: rounds
+    #[arg(long, default_value_t = 30)]
+    pub rounds: usize,
+    /// Test-only: commit with the record written before the metadata is synced
+    #[arg(long, hide = true)]
+    pub broken_commit_order: bool,
+    /// Internal: the child of kill mode
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub kill_child: Option<PathBuf>,
+    /// Internal: first write id of a kill-mode child
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub first_id: u64,
+}
+
+pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
+    if let Some(dir) = &a.kill_child {
+        kill_child(dir, a.seed, a.first_id, 1_000_000).map_err(anyhow::Error::msg)?;
+        return Ok(());
+    }
+    if let Some(dir) = &a.kill {
+        return kill_mode(a, dir.clone(), out);
+    }
+    let faults = FaultSet::parse(&a.faults).map_err(anyhow::Error::msg)?;
+    let configs: Vec<CrashConfig> = if let Some(file) = &a.replay {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let j: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        vec![CrashConfig::from_replay(&j).map_err(anyhow::Error::msg)?]
+    } else {
+        if a.block_size < 4096 || !a.block_size.is_power_of_two() {
+            bail!("--block-size must be a power of two of at least 4K");
+        }
+        (a.seed..a.seed.saturating_add(a.seeds.max(1)))
+            .map(|seed| CrashConfig {
+                seed,
+                ops: a.ops,
+                volumes: a.volumes.max(1),
+                block_size: a.block_size,
+                states_per_point: a.states_per_point.max(1),
+                max_states: a.states,
+                faults,
+                broken_commit_order: a.broken_commit_order,
+                ..Default::default()
+            })
+            .collect()
+    };
+    let mut reports: Vec<(CrashConfig, CrashReport)> = Vec::new();
+    for cfg in configs {
+        let rep = run(&cfg);
+        if !a.json {
+            writeln!(
+                out,
+                "seed {}: {} ops, {} crash points, {} states in {:.1}s ({:.0} states/s), {} violations{}",
+                cfg.seed,
+                rep.ops,
+                rep.points,
+                rep.states,
+                rep.elapsed.as_secs_f64(),
+                rep.states_per_sec(),
+                rep.violations.len(),
+                if rep.media_faults > 0 {
+                    format!("; media faults: {} injected, {} detected, {} harmless", rep.media_faults, rep.media_detected, rep.media_faults - rep.media_detected)
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        let failed = !rep.violations.is_empty();
+        reports.push((cfg, rep));
+        if failed {
+            break;
+        }
+    }
+    let total: u64 = reports.iter().map(|(_, r)| r.states).sum();
+    let violation = reports
+        .iter()
+        .find_map(|(c, r)| r.violations.first().map(|v| (c.clone(), v.clone())));
+    if let Some((cfg, v)) = &violation {
+        if a.replay.is_none() {
+            std::fs::write(
+                &a.replay_out,
+                serde_json::to_string_pretty(&cfg.replay_json(v))?,
+            )
+            .with_context(|| format!("writing {}", a.replay_out.display()))?;
+        }
+    }
+    if a.json {
+        let runs: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(c, r)| {
+                serde_json::json!({
+                    "seed": c.seed,
+                    "ops": r.ops,
+                    "crash_points": r.points,
+                    "states": r.states,
+                    "seconds": r.elapsed.as_secs_f64(),
+                    "states_per_sec": r.states_per_sec(),
+                    "media_faults": r.media_faults,
+                    "media_detected": r.media_detected,
+                    "violations": r.violations.iter().map(|v| serde_json::json!({
+                        "point": v.point, "state": v.state, "op": v.op, "message": v.message,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(out, &serde_json::json!({ "states": total, "runs": runs }))?;
+    } else {
+        writeln!(out, "total: {total} crash states explored")?;
+    }
+    if let Some((cfg, v)) = violation {
+        let replay = if a.replay.is_some() {
+            String::new()
+        } else {
+            format!(
+                "; reproduce with `thinpool crashtest --replay {}`",
+                a.replay_out.display()
+            )
+        };
+        bail!(
+            "violation (seed {}, crash point {}, state {}, after operation {}){replay}: {}",
+            cfg.seed,
+            v.point,
+            v.state,
+            v.op,
+            v.message
+        );
+    }
+    Ok(())
+}
+
+fn kill_mode(a: &CrashtestArgs, dir: PathBuf, out: &mut dyn Write) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the thinpool binary")?;
+    let cfg = KillConfig {
+        dir,
+        rounds: a.rounds,
+        seed: a.seed,
+        exe,
+    };
+    let rep = run_kill(&cfg).map_err(anyhow::Error::msg)?;
+    if a.json {
+        print_json(
+            out,
+            &serde_json::json!({
+                "rounds": rep.rounds,
+                "writes": rep.writes,
+                "acknowledged_commits": rep.acks,
+                "sectors_checked": rep.sectors_checked,
+                "seconds": rep.elapsed.as_secs_f64(),
+                "violations": rep.violations,
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "kill mode: {} rounds of SIGKILL, {} writes and {} acknowledged commits reported, {} sectors verified in {:.1}s, {} violations",
+            rep.rounds,
+            rep.writes,
+            rep.acks,
+            rep.sectors_checked,
+            rep.elapsed.as_secs_f64(),
+            rep.violations.len()
+        )?;
+    }
+    if let Some(v) = rep.violations.first() {
+        bail!("violation in kill mode (seed {}): {v}", a.seed);
+    }
+    Ok(())
+}
