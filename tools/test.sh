@@ -30,3 +30,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --release
 cargo test --release 2>&1 | tee /tmp/thinpool-test.log
+
+# Crash injection on every change (issue 3): >= 20,000 simulated crash states over 4 seeds,
+# then 30 rounds of SIGKILL against the real binary on real files.
+./target/release/thinpool crashtest --seed 1 --seeds 4 --ops 1000
+kdir=$(mktemp -d)
+./target/release/thinpool crashtest --kill "$kdir/pool" --rounds 30 --seed 1
+rm -rf "$kdir"
