@@ -7,6 +7,7 @@
 pub mod check;
 pub mod cli;
 pub mod crash;
+pub mod export;
 pub mod io;
 pub mod meta;
 pub mod nbd;

@@ -10,6 +10,7 @@
 
 mod check_cmds;
 mod demo;
+mod export_cmds;
 mod io_cmds;
 mod output;
 mod pool_cmds;
@@ -26,6 +27,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub use export_cmds::{DiffArgs, ExportArgs, ExportDiffArgs, ImportArgs, ImportDiffArgs};
 pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
 pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs};
 pub use serve_cmd::ServeArgs;
@@ -70,6 +72,16 @@ pub enum Command {
     Read(ReadArgs),
     /// Discard (trim) a range of a volume, freeing its blocks
     Discard(DiscardArgs),
+    /// Export a volume as a sparse raw image (file or stdout)
+    Export(ExportArgs),
+    /// Import a raw image (file or stdin) as a new volume
+    Import(ImportArgs),
+    /// Show the byte ranges that differ between two volumes or snapshots
+    Diff(DiffArgs),
+    /// Write a volume's changes since a snapshot as an rbd diff v1 stream
+    ExportDiff(ExportDiffArgs),
+    /// Apply an rbd diff v1 stream to a volume
+    ImportDiff(ImportDiffArgs),
     /// Check a pool's metadata: every block, every reference count (like thin_check)
     Check(check_cmds::CheckArgs),
     /// Crash-injection runs: simulated power loss (or SIGKILL of the real binary)
@@ -112,6 +124,11 @@ impl Command {
             Command::Write(a) => &a.pool,
             Command::Read(a) => &a.pool,
             Command::Discard(a) => &a.pool,
+            Command::Export(a) => &a.pool,
+            Command::Import(a) => &a.pool,
+            Command::Diff(a) => &a.pool,
+            Command::ExportDiff(a) => &a.pool,
+            Command::ImportDiff(a) => &a.pool,
         })
     }
 
@@ -124,6 +141,9 @@ impl Command {
                 | Command::List(_)
                 | Command::Info(_)
                 | Command::Read(_)
+                | Command::Export(_)
+                | Command::Diff(_)
+                | Command::ExportDiff(_)
         )
     }
 }
@@ -144,6 +164,11 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::Write(a) => io_cmds::write(a, pool, out, mode),
         Command::Read(a) => io_cmds::read(a, pool, out, mode),
         Command::Discard(a) => io_cmds::discard(a, pool, out),
+        Command::Export(a) => export_cmds::export(a, pool, out, mode),
+        Command::Import(a) => export_cmds::import(a, pool, out, mode),
+        Command::Diff(a) => export_cmds::diff(a, pool, out),
+        Command::ExportDiff(a) => export_cmds::export_diff(a, pool, out, mode),
+        Command::ImportDiff(a) => export_cmds::import_diff(a, pool, out, mode),
         Command::Check(a) => check_cmds::check(a, pool, out),
         Command::Pool(PoolCmd::Create(_))
         | Command::Demo(_)
@@ -219,6 +244,9 @@ fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
 /// The argv sent to a server. A server has its own working directory, so file paths are
 /// made absolute first; everything else goes as typed.
 fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
+    if let Some(v) = export_cmds::forwarded_argv(cmd, argv) {
+        return v;
+    }
     let (verb, pool, volume, offset, length, file) = match cmd {
         Command::Write(a) => ("write", &a.pool, &a.volume, a.offset, None, &a.file),
         Command::Read(a) => ("read", &a.pool, &a.volume, a.offset, a.length, &a.file),
@@ -264,9 +292,9 @@ pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mu
         Command::Pool(PoolCmd::Create(_))
         | Command::Demo(_)
         | Command::Serve(_)
-        | Command::Crashtest(_) => Err(
-            anyhow::anyhow!("this command cannot be sent to a running `thinpool serve`"),
-        ),
+        | Command::Crashtest(_) => Err(anyhow::anyhow!(
+            "this command cannot be sent to a running `thinpool serve`"
+        )),
         cmd => execute(cmd, pool, out, Mode::Server),
     };
     match res {
