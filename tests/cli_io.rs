@@ -204,7 +204,7 @@ fn empty_input_writes_nothing() {
     let seq = tp.info()["seq"].clone();
     let f = tp.put("empty", b"");
     let out = tp.run(&["write", "{}", "vm", &f]).ok();
-    assert!(out.text().contains("(0 bytes)"), "{}", out.text());
+    assert!(out.text().contains("wrote 0 bytes"), "{}", out.text());
     tp.run_in(&["write", "{}", "vm"], Some(b"")).ok();
     assert_eq!(tp.info()["seq"], seq);
     assert_eq!(tp.vol("vm")["mapped_blocks"], 0);

@@ -56,6 +56,15 @@ pub struct DiscardArgs {
     pub length: Option<u64>,
 }
 
+/// `11 bytes`, or `2.9 MiB (3000000 bytes)` when a unit helps.
+fn amount(n: u64) -> String {
+    if n < 1024 {
+        format!("{n} bytes")
+    } else {
+        format!("{} ({n} bytes)", format_size(n))
+    }
+}
+
 /// A named file, unless the argument is absent or '-' (the standard stream).
 fn named(file: &Option<PathBuf>) -> Option<&Path> {
     file.as_deref().filter(|p| p.as_os_str() != "-")
@@ -144,8 +153,8 @@ pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) ->
     pool.commit()?;
     writeln!(
         out,
-        "wrote {} ({written} bytes) to '{}' at offset {}",
-        format_size(written),
+        "wrote {} to '{}' at offset {}",
+        amount(written),
         a.volume,
         a.offset
     )?;
@@ -182,8 +191,8 @@ pub fn read(a: &ReadArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         .with_context(|| format!("cannot sync {}", path.display()))?;
     writeln!(
         out,
-        "read {} ({len} bytes) of '{}' at offset {} into {}",
-        format_size(len),
+        "read {} of '{}' at offset {} into {}",
+        amount(len),
         a.volume,
         a.offset,
         path.display()
@@ -251,8 +260,8 @@ pub fn discard(a: &DiscardArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<
     let after = pool.info()?.data_blocks_used;
     writeln!(
         out,
-        "discarded {} ({len} bytes) of '{}' at offset {}; {} data blocks freed",
-        format_size(len),
+        "discarded {} of '{}' at offset {}; {} data blocks freed",
+        amount(len),
         a.volume,
         a.offset,
         before.saturating_sub(after)

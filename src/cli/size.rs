@@ -12,16 +12,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("empty size: {HINT}"));
     }
     if t.starts_with('-') {
-        return Err(format!("'{s}': sizes and offsets cannot be negative"));
+        return Err("sizes and offsets cannot be negative".into());
     }
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(digits);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a size: {HINT}"));
+        return Err(format!("not a size: {HINT}"));
     }
     if suffix.starts_with(['.', ',']) {
         return Err(format!(
-            "'{s}': fractional sizes are not supported; use a smaller unit (e.g. 1536M, not 1.5G)"
+            "fractional sizes are not supported; use a smaller unit (e.g. 1536M, not 1.5G)"
         ));
     }
     let shift = match suffix.trim_start().to_ascii_lowercase().as_str() {
@@ -34,12 +34,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "e" | "eib" => 60,
         "kb" | "mb" | "gb" | "tb" | "pb" | "eb" => {
             return Err(format!(
-                "'{s}': ambiguous unit '{suffix}'; write K, M, G... or KiB, MiB, GiB... (powers of 1024)"
+                "ambiguous unit '{suffix}'; write K, M, G... or KiB, MiB, GiB... (powers of 1024)"
             ))
         }
-        _ => return Err(format!("'{s}': unknown unit '{suffix}': {HINT}")),
+        _ => return Err(format!("unknown unit '{suffix}': {HINT}")),
     };
-    let too_large = || format!("'{s}' is too large (the maximum is 16E - 1 bytes)");
+    let too_large = || "too large (the maximum is 16E - 1 bytes)".to_string();
     let n: u64 = num.parse().map_err(|_| too_large())?;
     n.checked_mul(1u64 << shift).ok_or_else(too_large)
 }
@@ -74,17 +74,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
     let n: u64 = num.parse().map_err(|_| {
-        format!("'{s}' is not a duration: expected e.g. 1s, 500ms, 2m or a number of seconds")
+        "not a duration: expected e.g. 1s, 500ms, 2m or a number of seconds".to_string()
     })?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        _ => {
-            return Err(format!(
-                "'{s}': unknown duration unit '{unit}' (use ms, s or m)"
-            ))
-        }
+        _ => return Err(format!("unknown duration unit '{unit}' (use ms, s or m)")),
     };
     Ok(d)
 }
