@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 const MAX_CONNECTIONS: usize = 512;
 /// A client gets this long to finish negotiating.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client that accepts no reply bytes for this long is dropped, so it cannot pin a worker
+/// (or hold up shutdown) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the accept loop looks at the stop flags.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -67,6 +70,12 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tcp(s) => s.set_write_timeout(t),
         }
     }
 }
@@ -466,7 +475,9 @@ fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandl
 }
 
 fn connection(shared: &Arc<Shared>, mut s: Stream) {
-    if s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+    if s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
+        || s.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
+    {
         return;
     }
     let session = match handshake::negotiate(&mut s, shared) {
