@@ -51,7 +51,7 @@ impl<'a> DiffReader<'a> {
         let mut rd = DiffReader { r, pos: 0 };
         let mut h = [0u8; HEADER.len()];
         let n = rd.fill(&mut h)?;
-        if n < h.len() && HEADER.starts_with(&h[..n]) {
+        if n > 0 && n < h.len() && HEADER.starts_with(&h[..n]) {
             return Err(ExportError::Truncated {
                 offset: n as u64,
                 what: "the header",
