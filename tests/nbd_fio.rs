@@ -12,7 +12,8 @@ fn fio_randrw_verify_multi_conn() {
     }
     let t = make_pool(&[("vol", 256 * MIB)], 64 << 10);
     let srv = Server::start(&pool_dir(&t));
-    let o = run(Command::new("fio").args([
+    // fio leaves verify state files in its working directory: keep them in the temp dir.
+    let o = run(Command::new("fio").current_dir(t.path()).args([
         "--name=thinpool",
         "--ioengine=nbd",
         &format!("--uri={}", srv.uri("vol")),
@@ -31,7 +32,9 @@ fn fio_randrw_verify_multi_conn() {
     ]));
     // fio may print notes before the JSON document.
     let out = stdout(&o);
-    let json = &out[out.find('{').unwrap_or_else(|| panic!("no JSON from fio: {out}"))..];
+    let json = &out[out
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON from fio: {out}"))..];
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"));
     let job = &v["jobs"][0];
     assert_eq!(job["error"].as_u64(), Some(0), "{job}");

@@ -109,7 +109,10 @@ impl Server {
             if thread.is_finished() {
                 panic!("server exited: {:?}", thread.join().unwrap());
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "server did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "server did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Server {
