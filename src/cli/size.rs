@@ -20,9 +20,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("not a size: {HINT}"));
     }
     if suffix.starts_with(['.', ',']) {
-        return Err(format!(
+        return Err(
             "fractional sizes are not supported; use a smaller unit (e.g. 1536M, not 1.5G)"
-        ));
+                .to_string(),
+        );
     }
     let shift = match suffix.trim_start().to_ascii_lowercase().as_str() {
         "" | "b" => 0,

@@ -467,10 +467,10 @@ fn verify_volume(
         .map_err(|e| VerifyError::Read(format!("reading '{name}' failed: {e}")))?;
     for s in 0..vo.sectors {
         let sec = &buf[s as usize * SECTOR..(s as usize + 1) * SECTOR];
-        let st = vo.get(s);
         match decode_sector(sec, s) {
             Err(why) => return Err(VerifyError::Wrong(format!("'{name}' sector {s} {why}"))),
-            Ok(w) if !st.allows(w) => {
+            Ok(w) if !vo.allows(s, w) => {
+                let st = vo.get(s);
                 let vb = s * SECTOR as u64 / pool.block_size();
                 let mut maps = Vec::new();
                 for (vid, d) in pool.volumes().unwrap_or_default() {

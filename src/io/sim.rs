@@ -20,10 +20,31 @@ use std::sync::{Arc, Mutex};
 pub const SECTOR: u64 = 512;
 type Sector = Box<[u8; SECTOR as usize]>;
 
+/// A fast hasher for sector numbers (SipHash's DoS resistance buys nothing here, and
+/// hashing dominated the simulator's profile).
+#[derive(Default, Clone, Copy)]
+pub struct SectorHasher(u64);
+
+impl std::hash::Hasher for SectorHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type SectorMap = HashMap<u64, Sector, std::hash::BuildHasherDefault<SectorHasher>>;
+
 /// Sector contents written in one epoch (or one crash image's own writes).
 #[derive(Default, Clone)]
 pub struct Layer {
-    sectors: HashMap<u64, Sector>,
+    sectors: SectorMap,
 }
 
 impl Layer {
@@ -92,8 +113,14 @@ fn read_range(layers: &[Arc<Layer>], top: &[&Layer], buf: &mut [u8], offset: u64
         let s = abs / SECTOR;
         let within = (abs % SECTOR) as usize;
         let n = (SECTOR as usize - within).min(buf.len() - pos);
-        read_layers(layers, top, s, &mut sec);
-        buf[pos..pos + n].copy_from_slice(&sec[within..within + n]);
+        if n == SECTOR as usize {
+            // Whole sector: copy straight into the caller's buffer.
+            let dst: &mut [u8; SECTOR as usize] = (&mut buf[pos..pos + n]).try_into().unwrap();
+            read_layers(layers, top, s, dst);
+        } else {
+            read_layers(layers, top, s, &mut sec);
+            buf[pos..pos + n].copy_from_slice(&sec[within..within + n]);
+        }
         pos += n;
     }
 }
@@ -103,13 +130,24 @@ fn read_range(layers: &[Arc<Layer>], top: &[&Layer], buf: &mut [u8], offset: u64
 pub struct CrashPoint {
     /// Global sequence number of the flush about to happen.
     pub seq: u64,
-    pub devs: Vec<(Vec<Arc<Layer>>, Vec<WriteRec>, u64, u64)>,
+    pub devs: Vec<DevSnapshot>,
+}
+
+/// One device's state at a crash point.
+#[derive(Clone)]
+pub struct DevSnapshot {
+    /// Flushed layers, oldest first (shared, never copied).
+    pub durable: Vec<Arc<Layer>>,
+    /// Unflushed writes in issue order.
+    pub pending: Vec<WriteRec>,
+    pub len: u64,
+    pub capacity: u64,
 }
 
 impl CrashPoint {
     /// Number of writes that were still unflushed, over all devices.
     pub fn pending(&self) -> usize {
-        self.devs.iter().map(|d| d.1.len()).sum()
+        self.devs.iter().map(|d| d.pending.len()).sum()
     }
 }
 
@@ -186,7 +224,12 @@ fn snapshot(g: &Group) -> CrashPoint {
         devs: g
             .devs
             .iter()
-            .map(|d| (d.durable.clone(), d.pending.clone(), d.len, d.capacity))
+            .map(|d| DevSnapshot {
+                durable: d.durable.clone(),
+                pending: d.pending.clone(),
+                len: d.len,
+                capacity: d.capacity,
+            })
             .collect(),
     }
 }
@@ -319,7 +362,12 @@ impl CrashImage {
         faults: CrashFaults,
         rng: &mut impl rand::Rng,
     ) -> CrashImage {
-        let (durable, pending, len, capacity) = &p.devs[idx];
+        let DevSnapshot {
+            durable,
+            pending,
+            len,
+            capacity,
+        } = &p.devs[idx];
         let mut chosen: Vec<&WriteRec> = pending
             .iter()
             .filter(|_| !rng.gen_bool(faults.drop))

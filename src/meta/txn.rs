@@ -696,7 +696,7 @@ impl Tm {
             .iter()
             .filter_map(|s| s.result.as_ref().ok().cloned())
             .collect();
-        recs.sort_by(|a, b| b.seq.cmp(&a.seq));
+        recs.sort_by_key(|r| std::cmp::Reverse(r.seq));
         recs.dedup_by(|a, b| a.seq == b.seq && a == b);
         let newest = recs.first().map(|r| r.seq).ok_or_else(|| {
             MetaError::NoValidRecord("no journal slot holds a valid record".into())
