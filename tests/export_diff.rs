@@ -100,7 +100,7 @@ fn tree_diff_matches_brute_force_on_random_histories() {
             match rng.gen_range(0..4) {
                 0 => pool.discard(vol, at * bs, n * bs).unwrap(),
                 1 => pool
-                    .write(vol, at * bs + 100, &vec![round as u8 + 1; 50])
+                    .write(vol, at * bs + 100, &[round as u8 + 1; 50])
                     .unwrap(),
                 _ => pool
                     .write(vol, at * bs, &vec![round as u8 + 1; (n * bs) as usize])
