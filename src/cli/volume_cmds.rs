@@ -63,6 +63,9 @@ pub struct RemoveArgs {
     pub pool: PathBuf,
     /// Volume or snapshot to remove
     pub volume: String,
+    /// Remove it even while an NBD client of `thinpool serve` has it attached
+    #[arg(long, short)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +97,9 @@ pub struct RollbackArgs {
     pub volume: String,
     /// Snapshot of that volume to return to
     pub snapshot: String,
+    /// Roll back even while an NBD client of `thinpool serve` has the volume attached
+    #[arg(long, short)]
+    pub force: bool,
 }
 
 pub fn create(a: &CreateArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {

@@ -58,6 +58,8 @@ pub enum MetaError {
     BadLabel(String),
     #[error("metadata is read-only: {0}")]
     ReadOnly(String),
+    #[error("the pool stopped after an I/O error ({0}); nothing more is acknowledged: reopen it to recover the last commit")]
+    FailStopped(String),
 }
 
 impl MetaError {

@@ -419,9 +419,7 @@ impl Tm {
 
     pub fn check_writable(&self) -> Result<()> {
         if let Some(why) = &self.failed {
-            return Err(MetaError::ReadOnly(format!(
-                "the pool stopped after an I/O error ({why}); reopen it to recover the last commit"
-            )));
+            return Err(MetaError::FailStopped(why.clone()));
         }
         if self.read_only {
             return Err(MetaError::ReadOnly("the pool was opened read-only".into()));
@@ -431,6 +429,13 @@ impl Tm {
 
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// Stop accepting changes for good (an fsync failed: what is on disk is unknown).
+    pub fn fail_stop(&mut self, why: String) {
+        if self.failed.is_none() {
+            self.failed = Some(why);
+        }
     }
 
     fn fail(&mut self, e: MetaError) -> MetaError {

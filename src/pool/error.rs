@@ -60,6 +60,7 @@ impl PoolError {
             PoolError::Meta(MetaError::NoDataSpace)
             | PoolError::Meta(MetaError::NoMetadataSpace) => libc::ENOSPC,
             PoolError::ReadOnlyVolume(_) | PoolError::Meta(MetaError::ReadOnly(_)) => libc::EPERM,
+            PoolError::Meta(MetaError::FailStopped(_)) => libc::EIO,
             PoolError::OutOfRange { .. } | PoolError::InvalidSize(_) => libc::EINVAL,
             _ => libc::EIO,
         }

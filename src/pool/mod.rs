@@ -416,8 +416,7 @@ impl Pool {
                     offset: 0,
                     source: e,
                 };
-                self.tm.abort();
-                self.tm.read_only = true;
+                self.tm.fail_stop(err.to_string());
                 return Err(err);
             }
             self.data_dirty = false;
