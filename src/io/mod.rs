@@ -8,6 +8,7 @@
 //!   (the caller fail-stops; it never retries and acknowledges).
 
 mod file;
+pub mod lock;
 mod mem;
 pub mod sim;
 

@@ -26,7 +26,6 @@ use crate::meta::txn::{OpenReport, Tm};
 use crate::meta::{MetaError, BLOCK_SIZE};
 use details::DETAILS;
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -122,25 +121,25 @@ pub struct Pool {
 }
 
 fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    } | libc::LOCK_NB;
-    // SAFETY: flock takes only the fd, which `file` keeps open for the duration of the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    // A lock that a process released an instant ago can still be held by a child that some
+    // other thread forked in between (the descriptor is shared until the child execs), so a
+    // busy lock is retried for a moment before the pool is declared in use.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+    loop {
+        let locked =
+            crate::io::lock::try_lock(file, exclusive).map_err(|source| PoolError::Io {
+                path: path.to_path_buf(),
+                op: "flock",
+                source,
+            })?;
+        if locked {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(PoolError::InUse(path.to_path_buf()));
         }
-        return Err(PoolError::Io {
-            path: path.to_path_buf(),
-            op: "flock",
-            source: e,
-        });
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Ok(())
 }
 
 fn now() -> u64 {
