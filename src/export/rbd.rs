@@ -9,7 +9,8 @@
 //!
 //! Applying a diff follows `rbd import-diff`: when the diff names a from-snapshot, the
 //! target must have a snapshot of that name (a volume of that name whose origin is the
-//! target); after the data, a read-only snapshot named by `t` is taken. The target is
+//! target); after the data, a read-only snapshot named by `t` is taken (unless `t` is the
+//! target's own name: a diff of a head, applied to the same-named volume). The target is
 //! protected by a temporary snapshot (O(1)) taken before the first change: any error rolls the
 //! target back to it, so a bad or truncated stream leaves the target as it was.
 
@@ -451,7 +452,13 @@ pub fn import_diff(
             Err(e) => return Err(e.into()),
         }
     }
-    if let (Some(t), false) = (&rep.to_snap, opts.no_snapshot) {
+    // A diff of a volume's head names the volume itself as its end: applied onto a volume
+    // of that name there is no snapshot to take (nor could one have that name).
+    let take = rep
+        .to_snap
+        .clone()
+        .filter(|t| !opts.no_snapshot && t != vol);
+    if let Some(t) = &take {
         if pool.find(t).is_ok() {
             return Err(ExportError::ToSnapExists(t.clone()));
         }
@@ -470,9 +477,9 @@ pub fn import_diff(
     match applied {
         Ok(()) => {
             pool.remove_volume(&guard)?;
-            if let (Some(t), false) = (&rep.to_snap, opts.no_snapshot) {
-                pool.snapshot(vol, t, true)?;
-                rep.snapshot = Some(t.clone());
+            if let Some(t) = take {
+                pool.snapshot(vol, &t, true)?;
+                rep.snapshot = Some(t);
             }
             Ok(rep)
         }
