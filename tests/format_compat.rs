@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use thinpool::pool::{CreateOptions, OpenOptions, Pool};
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn fixture_dir() -> PathBuf {
@@ -17,7 +19,11 @@ fn fixture_dir() -> PathBuf {
 
 fn trim_zero_tail(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
-    let end = bytes.iter().rposition(|&b| b != 0).map(|i| i + 1).unwrap_or(0);
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let end = end.next_multiple_of(4096);
     std::fs::write(path, &bytes[..end]).unwrap();
 }
@@ -84,5 +90,9 @@ fn v1_fixture_opens_and_reads_back() {
         std::sync::Arc::new(thinpool::io::FileDev::open(&dir.join("metadata"), false).unwrap()),
         None,
     );
-    assert!(r.is_clean(), "{:?}", r.errors().map(|f| f.to_string()).collect::<Vec<_>>());
+    assert!(
+        r.is_clean(),
+        "{:?}",
+        r.errors().map(|f| f.to_string()).collect::<Vec<_>>()
+    );
 }

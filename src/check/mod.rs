@@ -36,6 +36,7 @@ pub fn check(meta: Arc<dyn BlockDev>, at_seq: Option<u64>) -> Report {
         Ok(x) => x,
         Err(e) => {
             rep.error("journal", None, "", format!("cannot open the pool: {e}"));
+            damaged_roots(&mut rep, meta);
             return rep;
         }
     };
@@ -55,6 +56,31 @@ pub fn check(meta: Arc<dyn BlockDev>, at_seq: Option<u64>) -> Report {
     };
     c.run();
     c.rep
+}
+
+/// When no record opens: say which root block of each valid record is damaged.
+fn damaged_roots(rep: &mut Report, meta: Arc<dyn BlockDev>) {
+    let mut lbuf = vec![0u8; BLOCK_SIZE];
+    if meta.read_at(&mut lbuf, 0).is_err() {
+        return;
+    }
+    let Ok(label) = Label::decode(&lbuf) else {
+        return;
+    };
+    let Ok(slots) = crate::meta::journal::scan(meta.as_ref(), &label.uuid, label.ring_slots) else {
+        return;
+    };
+    let mut bm = crate::meta::cache::BlockManager::new(meta, label.uuid, label.meta_blocks, 64);
+    let mut seen = std::collections::HashSet::new();
+    for s in &slots {
+        if let Ok(rec) = &s.result {
+            if let Err((b, msg)) = crate::meta::txn::verify_record_roots(&mut bm, rec) {
+                if seen.insert((b, msg.clone())) {
+                    rep.error("node", Some(b), &format!("root of seq {}", rec.seq), msg);
+                }
+            }
+        }
+    }
 }
 
 struct Checker {

@@ -5,11 +5,13 @@ use super::size::parse_size;
 use crate::check;
 use crate::crash::kill::{kill_child, run_kill, KillConfig};
 use crate::crash::{run, CrashConfig, CrashReport, FaultSet};
+use crate::io::{lock, FileDev};
 use crate::pool::Pool;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -23,9 +25,32 @@ pub struct CheckArgs {
     pub seq: Option<u64>,
 }
 
-/// Check the pool's metadata; exit 1 when anything is damaged.
+/// Check the metadata of an open pool (inside `thinpool serve`).
 pub fn check(a: &CheckArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {
-    let r = check::check(pool.metadata_dev(), a.seq);
+    report(a, check::check(pool.metadata_dev(), a.seq), out)
+}
+
+/// Check a pool's metadata file directly, under a shared lock (so not while a process has the
+/// pool open read-write), whether or not the pool still opens.
+pub fn check_local(a: &CheckArgs, out: &mut dyn Write) -> Result<()> {
+    let path = a.pool.join("metadata");
+    if !path.exists() {
+        bail!(
+            "{} is not a thinpool pool (no metadata file)",
+            a.pool.display()
+        );
+    }
+    let dev = FileDev::open(&path, false).with_context(|| format!("opening {}", path.display()))?;
+    if !lock::try_lock(dev.file(), false).with_context(|| format!("locking {}", path.display()))? {
+        bail!(
+            "pool {} is in use: another process has it open read-write (checking live metadata would race with its commits)",
+            a.pool.display()
+        );
+    }
+    report(a, check::check(Arc::new(dev), a.seq), out)
+}
+
+fn report(a: &CheckArgs, r: check::Report, out: &mut dyn Write) -> Result<()> {
     if a.json {
         print_json(out, &r.to_json())?;
     } else {
@@ -202,12 +227,12 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
             String::new()
         } else {
             format!(
-                "; reproduce with `thinpool crashtest --replay {}`",
+                "\nreproduce with `thinpool crashtest --replay {}`",
                 a.replay_out.display()
             )
         };
         bail!(
-            "violation (seed {}, crash point {}, state {}, after operation {}){replay}: {}",
+            "violation (seed {}, crash point {}, state {}, after operation {}): {}{replay}",
             cfg.seed,
             v.point,
             v.state,

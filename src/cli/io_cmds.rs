@@ -40,6 +40,9 @@ pub struct ReadArgs {
     pub length: Option<u64>,
     /// Output file, created or truncated ('-' or none: stdout)
     pub file: Option<PathBuf>,
+    /// Show the state of an older commit (read-only; see `thinpool check` for valid seqs)
+    #[arg(long, value_name = "SEQ")]
+    pub at_seq: Option<u64>,
 }
 
 #[derive(Args, Debug)]

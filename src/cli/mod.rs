@@ -132,6 +132,17 @@ impl Command {
         })
     }
 
+    /// The older commit a read-only command asked to look at.
+    fn at_seq(&self) -> Option<u64> {
+        match self {
+            Command::Pool(PoolCmd::Info(a)) => a.at_seq,
+            Command::List(a) => a.at_seq,
+            Command::Info(a) => a.at_seq,
+            Command::Read(a) => a.at_seq,
+            _ => None,
+        }
+    }
+
     /// Commands that only look take a shared lock, so any number run side by side.
     fn is_read_only(&self) -> bool {
         matches!(
@@ -214,6 +225,22 @@ fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
         Command::Serve(a) => return serve_cmd::run(a, out).map(|()| 0),
         _ => cmd.pool_dir().expect("every other command names a pool"),
     };
+    if let Some(seq) = cmd.at_seq() {
+        if std::os::unix::net::UnixStream::connect(dir.join(CONTROL_SOCKET)).is_ok() {
+            anyhow::bail!(
+                "pool {} is being served; stop `thinpool serve` to look at commit {seq}",
+                dir.display()
+            );
+        }
+        let opts = OpenOptions {
+            read_only: true,
+            at_seq: Some(seq),
+            ..OpenOptions::default()
+        };
+        let mut pool = Pool::open(dir, &opts)?;
+        execute(cmd, &mut pool, out, Mode::Local)?;
+        return Ok(0);
+    }
     let fwd = forwarded_argv(cmd, argv)?;
     let reply = match nbd::forward(dir, &fwd) {
         Ok(r) => r,
@@ -231,6 +258,12 @@ fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
         out.write_all(&f.stdout)?;
         std::io::stderr().write_all(&f.stderr)?;
         return Ok(f.code);
+    }
+    if let Command::Check(a) = cmd {
+        // The checker reads the metadata file itself: it must work on a pool that no longer
+        // opens.
+        check_cmds::check_local(a, out)?;
+        return Ok(0);
     }
     let opts = OpenOptions {
         read_only: cmd.is_read_only(),

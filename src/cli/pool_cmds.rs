@@ -40,6 +40,9 @@ pub struct PoolInfoArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Show the state of an older commit (read-only; see `thinpool check` for valid seqs)
+    #[arg(long, value_name = "SEQ")]
+    pub at_seq: Option<u64>,
 }
 
 #[derive(Args, Debug)]

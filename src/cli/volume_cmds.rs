@@ -44,6 +44,9 @@ pub struct ListArgs {
     /// Print a JSON array
     #[arg(long)]
     pub json: bool,
+    /// Show the state of an older commit (read-only; see `thinpool check` for valid seqs)
+    #[arg(long, value_name = "SEQ")]
+    pub at_seq: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -55,6 +58,9 @@ pub struct InfoArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Show the state of an older commit (read-only; see `thinpool check` for valid seqs)
+    #[arg(long, value_name = "SEQ")]
+    pub at_seq: Option<u64>,
 }
 
 #[derive(Args, Debug)]

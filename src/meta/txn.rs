@@ -712,7 +712,7 @@ impl Tm {
         let mut bm = bm;
         for rec in &recs {
             if let Some(at) = at {
-                if rec.seq != at {
+                if rec.seq != at || at + 2 < newest {
                     continue;
                 }
             } else if rec.seq + 2 < newest {
@@ -731,9 +731,12 @@ impl Tm {
             Some(r) => r,
             None => {
                 let why = if let Some(at) = at {
+                    let lo = newest
+                        .saturating_sub(2)
+                        .max(recs.last().map_or(0, |r| r.seq));
                     format!(
-                        "no usable record with seq {at} (valid seqs: {:?})",
-                        recs.iter().map(|r| r.seq).collect::<Vec<_>>()
+                        "commit {at} cannot be opened: only the last three commits stay intact \
+                         ({lo} to {newest}); later commits reuse the blocks of older ones"
                     )
                 } else {
                     format!("every recent record is damaged: {skipped:?}")
@@ -824,6 +827,14 @@ fn sm_from_record(
 
 /// Check that every root a record names is a node with the recorded crc and generation.
 fn verify_roots(bm: &mut BlockManager, rec: &Record) -> std::result::Result<(), String> {
+    verify_record_roots(bm, rec).map_err(|(_, msg)| msg)
+}
+
+/// The same, naming the damaged root's block (for the checker).
+pub fn verify_record_roots(
+    bm: &mut BlockManager,
+    rec: &Record,
+) -> std::result::Result<(), (MetaBlock, String)> {
     for id in [
         RootId::User0,
         RootId::User1,
@@ -833,23 +844,28 @@ fn verify_roots(bm: &mut BlockManager, rec: &Record) -> std::result::Result<(), 
         RootId::MetaOverflow,
     ] {
         let root = rec.root(id);
-        let raw = bm.read_raw(root.r.block).map_err(|e| e.to_string())?;
-        block::verify(&raw, Some(BlockType::Node), root.r.block, bm.uuid())
-            .map_err(|e| format!("{id:?} root: {e}"))?;
+        let b = root.r.block;
+        let raw = bm.read_raw(b).map_err(|e| (b, e.to_string()))?;
+        block::verify(&raw, Some(BlockType::Node), b, bm.uuid())
+            .map_err(|e| (b, format!("{id:?} root: {e}")))?;
         if block::stored_crc(&raw) != root.crc {
-            return Err(format!(
-                "{id:?} root {} has crc {:#x}, record says {:#x}",
-                root.r.block,
-                block::stored_crc(&raw),
-                root.crc
+            return Err((
+                b,
+                format!(
+                    "{id:?} root {b} has crc {:#x}, record says {:#x}",
+                    block::stored_crc(&raw),
+                    root.crc
+                ),
             ));
         }
         if block::generation(&raw) != root.r.gen {
-            return Err(format!(
-                "{id:?} root {} has generation {}, record says {}",
-                root.r.block,
-                block::generation(&raw),
-                root.r.gen
+            return Err((
+                b,
+                format!(
+                    "{id:?} root {b} has generation {}, record says {}",
+                    block::generation(&raw),
+                    root.r.gen
+                ),
             ));
         }
     }
