@@ -15,6 +15,7 @@ want fio fio
 want thin_check thin-provisioning-tools
 want jq jq
 want mkfs.ext4 e2fsprogs
+want rbd ceph-common   # rbd merge-diff reads our export-diff streams (Ceph's own parser)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need_pkgs[*]}"
