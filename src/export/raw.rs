@@ -15,7 +15,6 @@ use crate::pool::{Pool, PoolError, VolumeId};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 
 /// Mappings fetched per walk of the mapping tree.
 const MAP_BATCH: usize = 16384;
@@ -298,27 +297,13 @@ fn write_nonzero(pool: &mut Pool, id: VolumeId, offset: u64, buf: &[u8], bs: usi
     Ok(written)
 }
 
-/// `lseek` with `SEEK_DATA`/`SEEK_HOLE`; `None` past the last data (ENXIO).
-fn seek(f: &File, from: u64, whence: i32) -> io::Result<Option<u64>> {
-    // SAFETY: lseek only reads its integer arguments; the fd stays open for the call.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), from as libc::off_t, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(r as u64))
-}
-
 /// The data extents of a file, `[start, end)`, in order; the whole file when the
 /// filesystem cannot tell.
 fn data_extents(f: &File, len: u64) -> Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut at = 0u64;
     while at < len {
-        let start = match seek(f, at, libc::SEEK_DATA) {
+        let start = match crate::io::sys::seek_data_or_hole(f, at, true) {
             Ok(Some(s)) => s,
             Ok(None) => break,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && out.is_empty() => {
@@ -326,7 +311,7 @@ fn data_extents(f: &File, len: u64) -> Result<Vec<(u64, u64)>> {
             }
             Err(e) => return Err(ExportError::io("finding the source's data (SEEK_DATA)")(e)),
         };
-        let end = seek(f, start, libc::SEEK_HOLE)
+        let end = crate::io::sys::seek_data_or_hole(f, start, false)
             .map_err(ExportError::io("finding the source's holes (SEEK_HOLE)"))?
             .unwrap_or(len)
             .min(len);

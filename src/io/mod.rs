@@ -11,6 +11,7 @@ mod file;
 pub mod lock;
 mod mem;
 pub mod sim;
+pub mod sys;
 
 pub use file::FileDev;
 pub use mem::MemDev;

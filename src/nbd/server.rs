@@ -195,38 +195,13 @@ impl Shared {
     }
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    if SIGNALLED.swap(true, Ordering::SeqCst) {
-        // Second signal: the user insists. Writes since the last commit are lost, which
-        // the crash semantics allow. `_exit` is async-signal-safe.
-        // SAFETY: `_exit` ends the process without running any Rust code.
-        unsafe { libc::_exit(130) };
-    }
-}
-
 /// Route SIGINT and SIGTERM to a flag the accept loop polls.
 pub fn install_signal_handlers() -> io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `sa` is zero-initialised then filled in; the handler only touches an
-        // atomic and `_exit`, both async-signal-safe.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    crate::io::sys::install_stop_signals()
 }
 
 pub fn signalled() -> bool {
-    SIGNALLED.load(Ordering::SeqCst)
+    crate::io::sys::stop_requested()
 }
 
 /// Bind a unix socket readable only by its owner. It is bound under a temporary name and

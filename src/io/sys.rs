@@ -1,0 +1,63 @@
+//! The few operating-system calls std does not wrap, kept here so that every `unsafe` block of
+//! the crate lives in `io/` (STYLE.md): `SEEK_DATA`/`SEEK_HOLE`, and SIGINT/SIGTERM handling for
+//! long-running commands.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) starts at or after `from`;
+/// `None` past the last data (ENXIO).
+pub fn seek_data_or_hole(f: &File, from: u64, data: bool) -> io::Result<Option<u64>> {
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    // SAFETY: lseek only reads its integer arguments; the fd stays open for the call.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), from as libc::off_t, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_sig: libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // Second signal: the user insists. Writes since the last commit are lost, which
+        // the crash semantics allow. `_exit` is async-signal-safe.
+        // SAFETY: `_exit` ends the process without running any Rust code.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// Route SIGINT and SIGTERM to a flag ([`stop_requested`]); a second signal exits at once.
+pub fn install_stop_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `sa` is zero-initialised then filled in; the handler only touches an
+        // atomic and `_exit`, both async-signal-safe.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// True once SIGINT or SIGTERM arrived (after [`install_stop_signals`]).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
