@@ -11,6 +11,7 @@
 
 use super::details::Details;
 use super::{Pool, PoolError, Result, VolumeId};
+use crate::io::BlockDev;
 use crate::meta::btree::{pack_mapping, unpack_mapping, MAPPING};
 use crate::meta::{DataBlock, MetaError};
 
@@ -19,10 +20,61 @@ const UNMAP_BATCH: usize = 65536;
 /// Largest single data-device request issued when merging contiguous pieces.
 const MAX_RUN: usize = 8 << 20;
 
-#[derive(Clone, Copy)]
-enum Target {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    /// Overwrite this data block (exclusively owned since the volume's last snapshot).
     InPlace(u64),
-    New { old: Option<u64> },
+    /// Write the new block `new`; a partial write first copies `old` (or zeros).
+    New { old: Option<u64>, new: u64 },
+}
+
+/// What a write will do, decided under the metadata lock; its data I/O needs no lock.
+#[derive(Debug)]
+pub(crate) struct WritePlan {
+    pub id: VolumeId,
+    pub offset: u64,
+    pub len: u64,
+    pub targets: Vec<(u64, Target)>,
+}
+
+/// Step 3 of a write: the data I/O, issued without any metadata lock (it touches only the
+/// blocks the plan owns: in-place targets nobody else maps, and freshly allocated blocks).
+pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[u8]) -> Result<()> {
+    let (offset, end) = (plan.offset, plan.offset + plan.len);
+    let mut runs = Runs::default();
+    let mut partial: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (vb, t) in &plan.targets {
+        let bstart = (vb * bs).max(offset);
+        let bend = ((vb + 1) * bs).min(end);
+        let (ins, ine) = (bstart - vb * bs, bend - vb * bs);
+        let src = (bstart - offset) as usize;
+        let len = (bend - bstart) as usize;
+        match *t {
+            Target::InPlace(pb) => runs.push(pb * bs + ins, src, len),
+            Target::New { old, new } => {
+                if ins == 0 && ine == bs {
+                    runs.push(new * bs, src, len);
+                } else {
+                    let mut blk = vec![0u8; bs as usize];
+                    if let Some(o) = old {
+                        dev.read_at(&mut blk, o * bs)
+                            .map_err(Pool::data_err("read", o * bs))?;
+                    }
+                    blk[ins as usize..ine as usize].copy_from_slice(&data[src..src + len]);
+                    partial.push((new * bs, blk));
+                }
+            }
+        }
+    }
+    for (off, src, len) in &runs.0 {
+        dev.write_at(&data[*src..*src + *len], *off)
+            .map_err(Pool::data_err("write", *off))?;
+    }
+    for (off, blk) in &partial {
+        dev.write_at(blk, *off)
+            .map_err(Pool::data_err("write", *off))?;
+    }
+    Ok(())
 }
 
 /// Contiguous runs of `(device offset, source range)`, merged where both are contiguous.
@@ -54,7 +106,10 @@ impl Pool {
         }
     }
 
-    fn data_err(op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> PoolError {
+    pub(crate) fn data_err(
+        op: &'static str,
+        offset: u64,
+    ) -> impl FnOnce(std::io::Error) -> PoolError {
         move |source| PoolError::DataIo { op, offset, source }
     }
 
@@ -150,13 +205,31 @@ impl Pool {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
-        let bs = self.block_size();
-        let end = offset + data.len() as u64;
-        let (first, last) = (offset / bs, (end - 1) / bs);
-        let mut root = self.vol_root(id)?;
+        let plan = self.plan_write(id, snap_time, offset, data.len() as u64)?;
+        let io = write_data(self.data.as_ref(), self.block_size(), &plan, data);
+        self.note_data_write();
+        if let Err(e) = io {
+            self.release_plan(&plan)?;
+            return Err(e);
+        }
+        self.finish_write(plan)
+    }
 
-        // 1. Plan: which blocks are written in place, which need a new block.
-        let mut plan = Vec::with_capacity((last - first + 1) as usize);
+    /// Steps 1 and 2 of a write, under the metadata lock: decide which blocks are written in
+    /// place and which need a new block, and allocate every new block up front (ENOSPC
+    /// changes nothing).
+    pub(crate) fn plan_write(
+        &mut self,
+        id: VolumeId,
+        snap_time: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<WritePlan> {
+        let bs = self.block_size();
+        let end = offset + len;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let root = self.vol_root(id)?;
+        let mut targets = Vec::with_capacity((last - first + 1) as usize);
         for vb in first..=last {
             let t = match self.tm.btree_lookup_shared(root, MAPPING, vb)? {
                 Some((v, path_shared)) => {
@@ -164,16 +237,17 @@ impl Pool {
                     if time >= snap_time && !path_shared && self.tm.data_count(pb)? == 1 {
                         Target::InPlace(pb.0)
                     } else {
-                        Target::New { old: Some(pb.0) }
+                        Target::New {
+                            old: Some(pb.0),
+                            new: 0,
+                        }
                     }
                 }
-                None => Target::New { old: None },
+                None => Target::New { old: None, new: 0 },
             };
-            plan.push((vb, t));
+            targets.push((vb, t));
         }
-
-        // 2. Allocate every new block up front: ENOSPC changes nothing.
-        let need = plan
+        let need = targets
             .iter()
             .filter(|(_, t)| matches!(t, Target::New { .. }))
             .count();
@@ -191,75 +265,56 @@ impl Pool {
             }
         }
         // Room for the tree updates, checked before the first change.
-        let inserts = need as u64;
-        if self.tm.meta_free_estimate() < 64 + inserts / 64 * 4 + 16 {
+        if self.tm.meta_free_estimate() < 64 + need as u64 / 64 * 4 + 16 {
             for b in fresh {
                 self.tm.data_dec(DataBlock(b))?;
             }
             return Err(MetaError::NoMetadataSpace.into());
         }
-
-        // 3. Data I/O.
-        let mut runs = Runs::default();
-        let mut partial: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut fi = 0;
-        let mut inserts_todo = Vec::with_capacity(need);
-        for (vb, t) in &plan {
-            let bstart = (vb * bs).max(offset);
-            let bend = ((vb + 1) * bs).min(end);
-            let (ins, ine) = (bstart - vb * bs, bend - vb * bs);
-            let src = (bstart - offset) as usize;
-            let len = (bend - bstart) as usize;
-            match *t {
-                Target::InPlace(pb) => runs.push(pb * bs + ins, src, len),
-                Target::New { old } => {
-                    let nb = fresh[fi];
-                    fi += 1;
-                    inserts_todo.push((*vb, nb, old));
-                    if ins == 0 && ine == bs {
-                        runs.push(nb * bs, src, len);
-                    } else {
-                        let mut blk = vec![0u8; bs as usize];
-                        if let Some(o) = old {
-                            self.data
-                                .read_at(&mut blk, o * bs)
-                                .map_err(Self::data_err("read", o * bs))?;
-                        }
-                        blk[ins as usize..ine as usize].copy_from_slice(&data[src..src + len]);
-                        partial.push((nb * bs, blk));
-                    }
-                }
+        let mut fi = fresh.iter();
+        for (_, t) in targets.iter_mut() {
+            if let Target::New { new, .. } = t {
+                *new = *fi.next().expect("one fresh block per new target");
             }
         }
-        let io = (|| -> Result<()> {
-            for (off, src, len) in &runs.0 {
-                self.data
-                    .write_at(&data[*src..*src + *len], *off)
-                    .map_err(Self::data_err("write", *off))?;
+        Ok(WritePlan {
+            id,
+            offset,
+            len,
+            targets,
+        })
+    }
+
+    /// Give back the blocks a plan allocated (its data I/O failed).
+    pub(crate) fn release_plan(&mut self, plan: &WritePlan) -> Result<()> {
+        for (_, t) in &plan.targets {
+            if let Target::New { new, .. } = t {
+                self.tm.data_dec(DataBlock(*new))?;
             }
-            for (off, blk) in &partial {
-                self.data
-                    .write_at(blk, *off)
-                    .map_err(Self::data_err("write", *off))?;
-            }
-            Ok(())
-        })();
+        }
+        Ok(())
+    }
+
+    /// Step 4, under the metadata lock: map the new blocks and release what they replace.
+    pub(crate) fn finish_write(&mut self, plan: WritePlan) -> Result<()> {
         self.note_data_write();
-        if let Err(e) = io {
-            for b in fresh {
-                self.tm.data_dec(DataBlock(b))?;
-            }
-            return Err(e);
-        }
-
-        // 4. Metadata: map the new blocks, release what they replace.
-        if inserts_todo.is_empty() {
+        let news: Vec<(u64, u64)> = plan
+            .targets
+            .iter()
+            .filter_map(|(vb, t)| match t {
+                Target::New { new, .. } => Some((*vb, *new)),
+                Target::InPlace(_) => None,
+            })
+            .collect();
+        if news.is_empty() {
             return Ok(());
         }
+        let id = plan.id;
         let r = (|| -> Result<()> {
+            let mut root = self.vol_root(id)?;
             let mut newly = 0u64;
             let time = self.time as u32;
-            for (vb, nb, _) in &inserts_todo {
+            for (vb, nb) in &news {
                 let v = pack_mapping(DataBlock(*nb), time);
                 match self
                     .tm
