@@ -340,6 +340,30 @@ impl Pool {
         Ok(())
     }
 
+    /// New data blocks that zeroing part of each block in `vbs` needs: mapped blocks that
+    /// cannot be written in place (unmapped ones already read as zeros).
+    fn zeroing_copies(&mut self, id: VolumeId, d: &Details, vbs: &[u64]) -> Result<u64> {
+        let root = self.vol_root(id)?;
+        let mut n = 0;
+        for &vb in vbs {
+            if let Some((v, path_shared)) = self.tm.btree_lookup_shared(root, MAPPING, vb)? {
+                let (pb, time) = unpack_mapping(v);
+                if time < d.snap_time || path_shared || self.tm.data_count(pb)? != 1 {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Fail with ENOSPC, before anything changes, when `n` more data blocks do not fit.
+    fn check_data_room(&mut self, n: u64) -> Result<()> {
+        if n > self.tm.dsm.nr_blocks - self.tm.dsm.nr_allocated {
+            return Err(MetaError::NoDataSpace.into());
+        }
+        Ok(())
+    }
+
     /// Unmap whole blocks `lo <= vb < hi` of a volume (no bounds or read-only checks).
     pub(crate) fn unmap_blocks(&mut self, id: VolumeId, lo: u64, hi: u64) -> Result<u64> {
         let mut total = 0;
@@ -415,6 +439,17 @@ impl Pool {
         let end = offset + len;
         let full_lo = offset.div_ceil(bs);
         let full_hi = end / bs;
+        // Zeroing a partial edge block may need a copy of it: check that every copy fits
+        // first, so a discard that fails for space changes nothing.
+        let mut edges = Vec::with_capacity(2);
+        if offset % bs != 0 {
+            edges.push(offset / bs);
+        }
+        if end % bs != 0 && edges.last() != Some(&(end / bs)) {
+            edges.push(end / bs);
+        }
+        let copies = self.zeroing_copies(id, &d, &edges)?;
+        self.check_data_room(copies)?;
         if full_lo >= full_hi {
             self.zero_range(id, &d, offset, len)?;
         } else {
