@@ -185,21 +185,26 @@ pub fn serve_one(shared: &Shared, mut s: UnixStream) {
             return;
         }
     };
-    let (code, out, err) = match shared.pool() {
-        None => (
+    let (code, out, err) = match shared.pool().exclusive() {
+        Err(_) => (
             1,
             Vec::new(),
             b"thinpool serve: the pool is unusable after an internal error; restart the server\n"
                 .to_vec(),
         ),
-        Some(mut pool) => {
-            if let Some(msg) = refuse_busy(shared, &mut pool, &argv) {
+        Ok(mut ex) => {
+            let pool = &mut *ex.pool;
+            if let Some(msg) = refuse_busy(shared, pool, &argv) {
                 (1, Vec::new(), msg.into_bytes())
             } else {
                 let (mut out, mut err) = (Vec::new(), Vec::new());
+                // No data request is in flight (exclusive), so the command may commit on its
+                // own like in a process of its own.
+                pool.shared = false;
                 let r = catch_unwind(AssertUnwindSafe(|| {
-                    (shared.handler)(&mut pool, &argv, &mut out, &mut err)
+                    (shared.handler)(&mut *pool, &argv, &mut out, &mut err)
                 }));
+                pool.shared = true;
                 match r {
                     Ok(code) => (code, out, err),
                     Err(_) => {

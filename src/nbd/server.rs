@@ -15,7 +15,7 @@ use super::control;
 use super::handshake;
 use super::transmission;
 use super::{ControlHandler, ServeOptions};
-use crate::pool::{OpenOptions, Pool, VolumeId};
+use crate::pool::{OpenOptions, Pool, PoolError, SharedPool, VolumeId};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -23,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,7 @@ impl Write for Stream {
 
 /// State every thread of the server shares.
 pub struct Shared {
-    pool: Mutex<Pool>,
+    pool: SharedPool,
     exports: Vec<String>,
     read_only: bool,
     stop: AtomicBool,
@@ -120,10 +120,11 @@ impl Shared {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// The pool, or `None` once a panic poisoned it (then every request fails with EIO:
-    /// the in-memory state may be half-updated and must not be committed).
-    pub fn pool(&self) -> Option<MutexGuard<'_, Pool>> {
-        self.pool.lock().ok()
+    /// The pool. Data requests go straight to it (they take the metadata lock only around
+    /// lookups, see `pool/shared.rs`); a panic while it was locked makes every later request
+    /// fail with EIO (the in-memory state may be half-updated and must not be committed).
+    pub fn pool(&self) -> &SharedPool {
+        &self.pool
     }
 
     fn allowed(&self, name: &str) -> bool {
@@ -132,7 +133,7 @@ impl Shared {
 
     /// Names a client may attach to.
     pub fn export_names(&self) -> Vec<String> {
-        let Some(mut pool) = self.pool() else {
+        let Ok(mut pool) = self.pool.lock() else {
             return Vec::new();
         };
         match pool.volumes() {
@@ -159,7 +160,7 @@ impl Shared {
         if !self.allowed(&name) {
             return None;
         }
-        let (id, d) = self.pool()?.find(&name).ok()?;
+        let (id, d) = self.pool.lock().ok()?.find(&name).ok()?;
         Some(Export {
             id,
             name: d.name,
@@ -175,7 +176,7 @@ impl Shared {
 
     fn attach(&self, id: VolumeId) {
         // Counted under the pool lock, so a control command never sees a half-made attach.
-        let _pool = self.pool();
+        let _pool = self.pool.lock();
         let mut a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
         *a.entry(id).or_insert(0) += 1;
     }
@@ -296,7 +297,7 @@ pub fn run(
         }
     };
     let shared = Arc::new(Shared {
-        pool: Mutex::new(pool),
+        pool: SharedPool::new(pool),
         exports: opts.exports.clone(),
         read_only: opts.read_only,
         stop: AtomicBool::new(false),
@@ -403,12 +404,12 @@ pub fn run(
         let _ = h.join();
     }
     let _ = timer.join();
-    let res = match shared.pool() {
-        Some(mut p) => p.commit().map_err(pool_err),
-        None => Err(io::Error::other(
+    let res = match shared.pool().commit() {
+        Err(PoolError::Poisoned) => Err(io::Error::other(
             "an internal error (panic) left the pool unusable; nothing committed since the \
              last flush",
         )),
+        r => r.map_err(pool_err),
     };
     eprintln!("thinpool serve: stopped");
     res
@@ -480,10 +481,10 @@ fn commit_timer(shared: &Shared, every: Duration) {
             continue;
         }
         last = Instant::now();
-        let Some(mut pool) = shared.pool() else {
-            return;
-        };
-        if let Err(e) = pool.commit() {
+        if let Err(e) = shared.pool().commit() {
+            if matches!(e, PoolError::Poisoned) {
+                return;
+            }
             if !reported {
                 eprintln!("thinpool serve: periodic commit failed: {e}");
                 reported = true;

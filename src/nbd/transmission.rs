@@ -13,7 +13,7 @@
 use super::handshake::Session;
 use super::proto::*;
 use super::server::{Shared, Stream};
-use crate::pool::{Pool, PoolError};
+use crate::pool::{PoolError, SharedPool};
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -246,10 +246,7 @@ fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Ve
     if req.kind == CMD_BLOCK_STATUS && req.length == 0 {
         return error_reply(sess, h, EINVAL, "block status of an empty range");
     }
-    let Some(mut pool) = shared.pool() else {
-        return error_reply(sess, h, EIO, "pool unusable after an internal error");
-    };
-    let pool = &mut *pool;
+    let pool = shared.pool();
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let (off, len) = (req.offset, req.length as u64);
     let res = match req.kind {
@@ -277,7 +274,7 @@ fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Ve
     }
 }
 
-fn read(pool: &mut Pool, sess: &Session, req: &Request) -> Vec<u8> {
+fn read(pool: &SharedPool, sess: &Session, req: &Request) -> Vec<u8> {
     let (h, id, off, len) = (req.handle, sess.export.id, req.offset, req.length as usize);
     if !sess.structured {
         let mut out = vec![0u8; SIMPLE_REPLY_SIZE + len];
@@ -342,14 +339,16 @@ type Run = (u64, u64, bool);
 /// than `limit` mappings; when it stops early the runs end at the last mapping seen and the
 /// second value is true.
 fn extents(
-    pool: &mut Pool,
+    pool: &SharedPool,
     id: u64,
     lo: u64,
     hi: u64,
     limit: usize,
 ) -> crate::pool::Result<(Vec<Run>, bool)> {
     let bs = pool.block_size();
-    let maps = pool.mappings(id, lo / bs, (hi - 1) / bs + 1, limit)?;
+    let maps = pool
+        .lock()?
+        .mappings(id, lo / bs, (hi - 1) / bs + 1, limit)?;
     let truncated = maps.len() >= limit;
     let mut runs: Vec<Run> = Vec::new();
     let mut push = |s: u64, e: u64, data: bool| match runs.last_mut() {
@@ -375,7 +374,7 @@ fn extents(
     Ok((runs, truncated))
 }
 
-fn block_status(pool: &mut Pool, sess: &Session, req: &Request) -> Vec<u8> {
+fn block_status(pool: &SharedPool, sess: &Session, req: &Request) -> Vec<u8> {
     let (h, id) = (req.handle, sess.export.id);
     let (lo, hi) = (req.offset, req.offset + req.length as u64);
     let (mut runs, _) = match extents(pool, id, lo, hi, STATUS_LIMIT) {

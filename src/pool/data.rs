@@ -37,6 +37,34 @@ pub(crate) struct WritePlan {
     pub targets: Vec<(u64, Target)>,
 }
 
+/// Fill `buf` (volume bytes from `offset`) from the data device, given the mappings of the
+/// blocks it covers; unmapped ranges read as zeros without touching the device.
+pub(crate) fn read_data(
+    dev: &dyn BlockDev,
+    bs: u64,
+    offset: u64,
+    buf: &mut [u8],
+    maps: &[(u64, u64)],
+) -> Result<()> {
+    let end = offset + buf.len() as u64;
+    let mut runs = Runs::default();
+    let mut filled = 0usize; // bytes of `buf` already decided (mapped or zero)
+    for &(vb, pb) in maps {
+        let bstart = (vb * bs).max(offset);
+        let bend = ((vb + 1) * bs).min(end);
+        let dst = (bstart - offset) as usize;
+        buf[filled..dst].fill(0);
+        runs.push(pb * bs + (bstart - vb * bs), dst, (bend - bstart) as usize);
+        filled = (bend - offset) as usize;
+    }
+    buf[filled..].fill(0);
+    for (off, src, len) in runs.0 {
+        dev.read_at(&mut buf[src..src + len], off)
+            .map_err(Pool::data_err("read", off))?;
+    }
+    Ok(())
+}
+
 /// Step 3 of a write: the data I/O, issued without any metadata lock (it touches only the
 /// blocks the plan owns: in-place targets nobody else maps, and freshly allocated blocks).
 pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[u8]) -> Result<()> {
@@ -94,7 +122,7 @@ impl Runs {
 }
 
 impl Pool {
-    fn check_range(&self, d: &Details, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn check_range(&self, d: &Details, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= d.size => Ok(()),
             _ => Err(PoolError::OutOfRange {
@@ -141,32 +169,25 @@ impl Pool {
 
     /// Read `buf.len()` bytes of volume `id` from byte `offset`.
     pub fn read(&mut self, id: VolumeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let maps = self.plan_read(id, offset, buf.len() as u64)?;
+        read_data(self.data.as_ref(), self.block_size(), offset, buf, &maps)
+    }
+
+    /// The mappings a read of `[offset, offset+len)` needs (bounds checked).
+    pub(crate) fn plan_read(
+        &mut self,
+        id: VolumeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>> {
         let d = self.details(id)?;
-        self.check_range(&d, offset, buf.len() as u64)?;
-        if buf.is_empty() {
-            return Ok(());
+        self.check_range(&d, offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
         }
         let bs = self.block_size();
-        let end = offset + buf.len() as u64;
-        let (first, last) = (offset / bs, (end - 1) / bs);
-        let maps = self.mappings(id, first, last + 1, usize::MAX)?;
-        let mut runs = Runs::default();
-        let mut filled = 0usize; // bytes of `buf` already decided (mapped or zero)
-        for (vb, pb) in maps {
-            let bstart = (vb * bs).max(offset);
-            let bend = ((vb + 1) * bs).min(end);
-            let dst = (bstart - offset) as usize;
-            buf[filled..dst].fill(0);
-            runs.push(pb * bs + (bstart - vb * bs), dst, (bend - bstart) as usize);
-            filled = (bend - offset) as usize;
-        }
-        buf[filled..].fill(0);
-        for (off, src, len) in runs.0 {
-            self.data
-                .read_at(&mut buf[src..src + len], off)
-                .map_err(Self::data_err("read", off))?;
-        }
-        Ok(())
+        let (first, last) = (offset / bs, (offset + len - 1) / bs);
+        self.mappings(id, first, last + 1, usize::MAX)
     }
 
     /// Write `data` to volume `id` at byte `offset`. Durable at the next commit.
@@ -342,7 +363,7 @@ impl Pool {
 
     /// New data blocks that zeroing part of each block in `vbs` needs: mapped blocks that
     /// cannot be written in place (unmapped ones already read as zeros).
-    fn zeroing_copies(&mut self, id: VolumeId, d: &Details, vbs: &[u64]) -> Result<u64> {
+    pub(super) fn zeroing_copies(&mut self, id: VolumeId, d: &Details, vbs: &[u64]) -> Result<u64> {
         let root = self.vol_root(id)?;
         let mut n = 0;
         for &vb in vbs {
@@ -356,10 +377,34 @@ impl Pool {
         Ok(n)
     }
 
-    /// Fail with ENOSPC, before anything changes, when `n` more data blocks do not fit.
-    fn check_data_room(&mut self, n: u64) -> Result<()> {
+    /// Make sure `n` more data blocks can be allocated, before anything changes: fail with
+    /// ENOSPC when the pool does not have them; when it has them but some were freed by one
+    /// of the last two commits (protected from reuse until two more commits), commit twice
+    /// to release them, as a write does.
+    pub(super) fn ensure_data_room(&mut self, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
         if n > self.tm.dsm.nr_blocks - self.tm.dsm.nr_allocated {
             return Err(MetaError::NoDataSpace.into());
+        }
+        let mut probe = Vec::new();
+        let mut short = false;
+        for _ in 0..n {
+            match self.tm.alloc_data()? {
+                Some(b) => probe.push(b),
+                None => {
+                    short = true;
+                    break;
+                }
+            }
+        }
+        for b in probe {
+            self.tm.data_dec(b)?;
+        }
+        if short {
+            self.force_commit()?;
+            self.force_commit()?;
         }
         Ok(())
     }
@@ -449,7 +494,7 @@ impl Pool {
             edges.push(end / bs);
         }
         let copies = self.zeroing_copies(id, &d, &edges)?;
-        self.check_data_room(copies)?;
+        self.ensure_data_room(copies)?;
         if full_lo >= full_hi {
             self.zero_range(id, &d, offset, len)?;
         } else {

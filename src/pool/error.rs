@@ -47,6 +47,8 @@ pub enum PoolError {
     },
     #[error("'{snap}' is not a snapshot of '{vol}'")]
     NotASnapshot { vol: String, snap: String },
+    #[error("the pool is unusable after an internal error in another thread; restart the server to recover the last commit")]
+    Poisoned,
     #[error("the pool has too many volumes (ids exhausted)")]
     TooManyVolumes,
     #[error("the pool's snapshot counter is exhausted (2^24 snapshots and rollbacks)")]

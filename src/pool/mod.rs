@@ -12,11 +12,13 @@
 mod data;
 pub mod details;
 mod error;
+mod shared;
 mod volume;
 pub use volume::VolumeInfo;
 
 pub use details::Details;
 pub use error::{PoolError, Result};
+pub use shared::SharedPool;
 
 use crate::io::{BlockDev, FileDev};
 use crate::meta::btree::DEV_ROOTS;
@@ -118,6 +120,8 @@ pub struct Pool {
     report: Option<OpenReport>,
     /// Data blocks freed by the last commit's transaction, punched after the next commit.
     punch_next: Vec<u64>,
+    /// Owned by a [`SharedPool`]: never commit on its own.
+    pub(crate) shared: bool,
 }
 
 fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
@@ -259,6 +263,7 @@ impl Pool {
             data_dirty: true,
             report: None,
             punch_next: Vec::new(),
+            shared: false,
         };
         pool.commit()?;
         // The files exist for good only once the directory entry is durable.
@@ -309,6 +314,7 @@ impl Pool {
             data_dirty: false,
             report: Some(report),
             punch_next: Vec::new(),
+            shared: false,
         })
     }
 
@@ -347,6 +353,7 @@ impl Pool {
             data_dirty: true,
             report: None,
             punch_next: Vec::new(),
+            shared: false,
         };
         pool.commit()?;
         Ok(pool)
@@ -374,6 +381,7 @@ impl Pool {
             data_dirty: false,
             report: Some(report),
             punch_next: Vec::new(),
+            shared: false,
         })
     }
 
@@ -470,7 +478,8 @@ impl Pool {
     }
 
     pub(crate) fn maybe_auto_commit(&mut self) -> Result<()> {
-        if self.tm.bm.dirty_count() > AUTO_COMMIT_DIRTY {
+        // A shared pool commits only with every data request drained (see shared.rs).
+        if !self.shared && self.tm.bm.dirty_count() > AUTO_COMMIT_DIRTY {
             self.commit()?;
         }
         Ok(())
