@@ -96,3 +96,26 @@ fn discard_that_cannot_copy_its_edges_changes_nothing() {
         "block 1 is still the snapshot's"
     );
 }
+
+#[test]
+fn discard_and_resize_reuse_blocks_freed_by_the_last_commits() {
+    // The pool is full, then a removal frees blocks: they are protected from reuse for two
+    // commits, but an operation that needs them must still succeed (as a write does).
+    let (mut m, a, want) = shared_edges(16, 0);
+    let p = &mut m.pool;
+    p.remove_volume("filler").unwrap();
+    p.discard(a, BS / 2, BS).unwrap();
+    let mut z = want.clone();
+    z[(BS / 2) as usize..(BS + BS / 2) as usize].fill(0);
+    assert_eq!(read_all(p, a, 4 * BS), z);
+
+    let (mut m, a, want) = shared_edges(16, 0);
+    let p = &mut m.pool;
+    p.remove_volume("filler").unwrap();
+    p.resize("a", BS / 2).unwrap();
+    assert_eq!(read_all(p, a, BS / 2), want[..(BS / 2) as usize]);
+    p.resize("a", 4 * BS).unwrap();
+    let mut z = want[..(BS / 2) as usize].to_vec();
+    z.resize(4 * BS as usize, 0);
+    assert_eq!(read_all(p, a, 4 * BS), z, "grown tail must read zeros");
+}

@@ -237,6 +237,8 @@ impl Pool {
                 let bs = p.block_size();
                 let tail = size % bs;
                 if tail != 0 {
+                    let copies = p.zeroing_copies(id, &d, &[size / bs])?;
+                    p.ensure_data_room(copies)?;
                     let end = (size - tail + bs).min(d.size);
                     p.zero_range(id, &d, size, end - size)?;
                 }
