@@ -195,6 +195,29 @@ impl SimGroup {
         }
     }
 
+    /// A new device of this group that starts from a post-crash image: the image's layers
+    /// (shared by `Arc`, never copied) and its own writes so far become the device's durable
+    /// state. A pool recovered on such devices keeps running, and its writes and flushes
+    /// are recorded as usual, so it can crash again (a crash during or after recovery).
+    pub fn add_image(&self, img: &CrashImage) -> SimDev {
+        let mut durable = img.layers.clone();
+        let top = img.top.lock().unwrap();
+        if !top.sectors.is_empty() {
+            durable.push(Arc::new(top.clone()));
+        }
+        let mut g = self.g.lock().unwrap();
+        g.devs.push(DevState {
+            durable,
+            len: img.len(),
+            capacity: img.capacity,
+            ..Default::default()
+        });
+        SimDev {
+            group: self.clone(),
+            idx: g.devs.len() - 1,
+        }
+    }
+
     /// Crash points captured since the last call.
     pub fn take_points(&self) -> Vec<CrashPoint> {
         std::mem::take(&mut self.g.lock().unwrap().points)
@@ -547,5 +570,47 @@ mod tests {
             seen.insert((b[0], b[600]));
         }
         assert!(seen.contains(&(2, 1)) || seen.contains(&(1, 2)), "{seen:?}");
+    }
+
+    #[test]
+    fn a_group_can_start_from_a_crash_image_and_crash_again() {
+        let g = SimGroup::new();
+        let d = g.add(1 << 20);
+        d.write_at(&[1u8; 1024], 0).unwrap();
+        d.flush().unwrap();
+        d.write_at(&[2u8; 512], 512).unwrap();
+        d.flush().unwrap();
+        let pts = g.take_points();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        // The second flush's write survived the crash; recovery wrote a sector of its own.
+        let img = CrashImage::build(&pts[1], 0, CrashFaults::default(), &mut rng);
+        img.write_at(&[3u8; 512], 2048).unwrap();
+        let g2 = SimGroup::new();
+        let d2 = g2.add_image(&img);
+        assert_eq!(d2.len(), img.len());
+        let mut b = [0u8; 512];
+        for (off, want) in [(0, 1u8), (512, 2), (2048, 3)] {
+            d2.read_at(&mut b, off).unwrap();
+            assert_eq!(b, [want; 512], "offset {off}");
+        }
+        // The image is the new device's durable base: a crash of the continuation keeps it
+        // and may lose only the continuation's own unflushed writes.
+        d2.write_at(&[4u8; 512], 0).unwrap();
+        d2.flush().unwrap();
+        let p = g2.take_points();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].pending(), 1);
+        let all_drop = CrashFaults {
+            drop: 1.0,
+            ..Default::default()
+        };
+        let img2 = CrashImage::build(&p[0], 0, all_drop, &mut rng);
+        for (off, want) in [(0, 1u8), (512, 2), (2048, 3)] {
+            img2.read_at(&mut b, off).unwrap();
+            assert_eq!(b, [want; 512], "offset {off}");
+        }
+        // The original image is untouched by the continuation.
+        img.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [1u8; 512]);
     }
 }
