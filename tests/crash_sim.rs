@@ -110,6 +110,83 @@ fn replay_reproduces_a_violation_exactly() {
     }
 }
 
+/// A crash during recovery: recovered states are reopened read-write, continue (the first
+/// commit after recovery reuses what the torn transaction used) and crash again; every second
+/// crash recovers exactly too.
+#[test]
+fn second_crashes_after_recovery_find_no_violation() {
+    let cfg = CrashConfig {
+        seed: 3,
+        ops: 200,
+        second_crash_every: 2,
+        ..Default::default()
+    };
+    let rep = run(&cfg);
+    eprintln!(
+        "seed 3: {} states, {} continued recoveries, {} second crash points, {} second-crash states, {:.0} states/s",
+        rep.states,
+        rep.second_crash_runs,
+        rep.second_crash_points,
+        rep.second_crash_states,
+        rep.states_per_sec()
+    );
+    assert!(rep.violations.is_empty(), "{:#?}", rep.violations);
+    assert!(
+        rep.second_crash_runs > 20,
+        "{} continued",
+        rep.second_crash_runs
+    );
+    assert!(
+        rep.second_crash_states > 200,
+        "explored only {} second-crash states",
+        rep.second_crash_states
+    );
+    // Off means off.
+    let off = run(&CrashConfig {
+        second_crash_every: 0,
+        ..cfg
+    });
+    assert_eq!(off.second_crash_states, 0);
+    assert_eq!(
+        off.states, rep.states,
+        "continuations do not change the first run"
+    );
+}
+
+/// A commit-order bug that only the recovered pool has is invisible to single crashes, is
+/// caught after a second crash, and its replay file re-runs exactly that second-crash state.
+#[test]
+fn a_bug_after_recovery_is_caught_by_a_second_crash_and_replays() {
+    let cfg = CrashConfig {
+        seed: 5,
+        ops: 300,
+        broken_commit_order_after_recovery: true,
+        ..Default::default()
+    };
+    let rep = run(&cfg);
+    let v = rep
+        .violations
+        .first()
+        .expect("a second crash catches the broken commit order")
+        .clone();
+    let second = v.second.expect("caught after a second crash");
+    assert!(second.point > 0, "{v}: {}", v.message);
+    let text = serde_json::to_string(&cfg.replay_json(&v)).unwrap();
+    let again = CrashConfig::from_replay(&serde_json::from_str(&text).unwrap()).unwrap();
+    let r2 = run(&again);
+    assert_eq!(r2.states, 1);
+    assert_eq!(
+        r2.second_crash_states, 1,
+        "exactly the recorded second crash"
+    );
+    let v2 = r2.violations.first().expect("the replay reproduces it");
+    assert_eq!(
+        (v2.point, v2.state, v2.second),
+        (v.point, v.state, v.second)
+    );
+    assert_eq!(v2.message.lines().next(), v.message.lines().next());
+}
+
 /// An fsync error makes the pool fail-stop: the commit is not acknowledged, nothing after it
 /// is accepted, and reopening recovers the last acknowledged state.
 #[test]

@@ -97,6 +97,9 @@ pub struct CrashtestArgs {
     /// Post-crash states built at each crash point
     #[arg(long, default_value_t = 8)]
     pub states_per_point: usize,
+    /// Continue one recovered state of one in N crash points read-write and crash it again (0: never)
+    #[arg(long, default_value_t = crate::crash::DEFAULT_SECOND_CRASH_EVERY, value_name = "N")]
+    pub second_crash_every: u64,
     /// Faults to inject: drop,reorder,torn (power loss) and eio,bitflip,misdirect (media)
     #[arg(long, default_value = "drop,reorder,torn")]
     pub faults: String,
@@ -155,6 +158,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                 max_states: a.states,
                 faults,
                 broken_commit_order: a.broken_commit_order,
+                second_crash_every: a.second_crash_every,
                 ..Default::default()
             })
             .collect()
@@ -165,11 +169,14 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
         if !a.json {
             writeln!(
                 out,
-                "seed {}: {} ops, {} crash points, {} states in {:.1}s ({:.0} states/s), {} violations{}",
+                "seed {}: {} ops, {} crash points, {} states, {} second-crash states ({} recoveries continued, {} crash points) in {:.1}s ({:.0} states/s), {} violations{}",
                 cfg.seed,
                 rep.ops,
                 rep.points,
                 rep.states,
+                rep.second_crash_states,
+                rep.second_crash_runs,
+                rep.second_crash_points,
                 rep.elapsed.as_secs_f64(),
                 rep.states_per_sec(),
                 rep.violations.len(),
@@ -187,6 +194,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     let total: u64 = reports.iter().map(|(_, r)| r.states).sum();
+    let second: u64 = reports.iter().map(|(_, r)| r.second_crash_states).sum();
     let violation = reports
         .iter()
         .find_map(|(c, r)| r.violations.first().map(|v| (c.clone(), v.clone())));
@@ -212,17 +220,29 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                     "states_per_sec": r.states_per_sec(),
                     "media_faults": r.media_faults,
                     "media_detected": r.media_detected,
+                    "second_crash_runs": r.second_crash_runs,
+                    "second_crash_points": r.second_crash_points,
+                    "second_crash_states": r.second_crash_states,
                     "violations": r.violations.iter().map(|v| serde_json::json!({
                         "point": v.point, "state": v.state, "op": v.op, "message": v.message,
+                        "second": v.second.map(|s| serde_json::json!({
+                            "point": s.point, "state": s.state, "op": s.op,
+                        })),
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
-        print_json(out, &serde_json::json!({ "states": total, "runs": runs }))?;
+        print_json(
+            out,
+            &serde_json::json!({ "states": total, "second_crash_states": second, "runs": runs }),
+        )?;
     } else {
-        writeln!(out, "total: {total} crash states explored")?;
+        writeln!(
+            out,
+            "total: {total} crash states explored, {second} more after a second crash during recovery"
+        )?;
     }
-    if let Some((cfg, v)) = violation {
+    if let Some((_, v)) = violation {
         let replay = if a.replay.is_some() {
             String::new()
         } else {
@@ -231,14 +251,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                 a.replay_out.display()
             )
         };
-        bail!(
-            "violation (seed {}, crash point {}, state {}, after operation {}): {}{replay}",
-            cfg.seed,
-            v.point,
-            v.state,
-            v.op,
-            v.message
-        );
+        bail!("violation ({v}): {}{replay}", v.message);
     }
     Ok(())
 }

@@ -4,6 +4,14 @@
 //! (dropped, reordered, torn at 512 bytes). Each image is recovered (opened), checked, and
 //! every 512-byte sector of every volume is compared with the [`oracle`].
 //!
+//! A crash during recovery: for a sample of the states (one in `second_crash_every` crash
+//! points, one state each), once the state has recovered and verified, the pool is reopened
+//! read-write on a new [`SimGroup`] whose devices start from that post-crash image, and runs
+//! a short continuation (writes, discards, snapshots and commits; the first commit after
+//! recovery reuses the journal slot and the blocks of the torn transaction). Every flush of
+//! the continuation is a crash point again, explored like the first ones against an oracle
+//! whose durable values are what the first recovery read.
+//!
 //! Runs are deterministic from the seed: the workload's random choices and each state's fault
 //! choices come from ChaCha streams keyed by the seed (and the crash point and state index).
 
@@ -14,7 +22,7 @@ use crate::check;
 use crate::io::sim::{CrashFaults, CrashImage, CrashPoint};
 use crate::io::{BlockDev, SimGroup};
 use crate::pool::{CreateOptions, OpenOptions, Pool, PoolError, VolumeId};
-use oracle::{decode_sector, sector_content, Exists, Oracle, VolOracle, SECTOR};
+use oracle::{decode_sector, sector_content, Exists, Oracle, SecState, VolOracle, SECTOR};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -36,8 +44,19 @@ pub struct CrashConfig {
     pub faults: FaultSet,
     /// Test-only: write the commit record before syncing the new metadata.
     pub broken_commit_order: bool,
+    /// Test-only: the same, only in the continuations after a recovery (so only a second
+    /// crash can catch it).
+    pub broken_commit_order_after_recovery: bool,
     /// Only explore this (crash point, state) pair (replay).
     pub only: Option<(u64, usize)>,
+    /// Continue one recovered state of one in this many crash points and crash it again
+    /// (0: never).
+    pub second_crash_every: u64,
+    /// Post-crash states built at each crash point of a continuation.
+    pub second_states_per_point: usize,
+    /// Replay: continue the state `only` names and explore only this (second crash point,
+    /// state) pair of its continuation (point 0: no crash, the continuation itself failed).
+    pub only_second: Option<(u64, usize)>,
 }
 
 impl Default for CrashConfig {
@@ -52,10 +71,17 @@ impl Default for CrashConfig {
             max_states: 0,
             faults: FaultSet::default(),
             broken_commit_order: false,
+            broken_commit_order_after_recovery: false,
             only: None,
+            second_crash_every: DEFAULT_SECOND_CRASH_EVERY,
+            second_states_per_point: 4,
+            only_second: None,
         }
     }
 }
+
+/// Default sampling of states continued after recovery (one in this many crash points).
+pub const DEFAULT_SECOND_CRASH_EVERY: u64 = 4;
 
 /// Which faults a run injects. `drop`, `reorder` and `torn` are what a power loss does and are
 /// inside the promise: every state must recover exactly. `eio` (a metadata read fails),
@@ -144,7 +170,39 @@ pub struct Violation {
     pub point: u64,
     pub state: usize,
     pub op: usize,
+    /// Set when the promise broke after a second crash (or in the continuation itself).
+    pub second: Option<SecondCrash>,
     pub message: String,
+}
+
+/// Where a violation happened in the continuation of the recovered state `(point, state)`
+/// of a [`Violation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondCrash {
+    /// Crash point of the continuation (0: no crash: reopening read-write, an operation of
+    /// the continuation or its live reads failed).
+    pub point: u64,
+    pub state: usize,
+    /// Operation of the continuation (0: reopening, the last one: a crash after it).
+    pub op: usize,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {}, crash point {}, state {}, after operation {}",
+            self.seed, self.point, self.state, self.op
+        )?;
+        if let Some(s) = self.second {
+            write!(
+                f,
+                "; recovered, continued, then second crash point {}, state {}, in continuation operation {}",
+                s.point, s.state, s.op
+            )?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -155,14 +213,20 @@ pub struct CrashReport {
     /// did not matter: the damaged block was not needed and every byte read back right).
     pub media_faults: u64,
     pub media_detected: u64,
+    /// Recovered states that were continued read-write, the crash points of those
+    /// continuations and the states explored there (after a second crash).
+    pub second_crash_runs: u64,
+    pub second_crash_points: u64,
+    pub second_crash_states: u64,
     pub ops: usize,
     pub elapsed: Duration,
     pub violations: Vec<Violation>,
 }
 
 impl CrashReport {
+    /// Recovered and verified states per second (after a first or a second crash).
     pub fn states_per_sec(&self) -> f64 {
-        self.states as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.states + self.second_crash_states) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -185,6 +249,7 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
                 point: 0,
                 state: 0,
                 op: 0,
+                second: None,
                 message: format!("pool creation failed: {e}"),
             });
             return rep;
@@ -210,6 +275,7 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
                 point: 0,
                 state: 0,
                 op,
+                second: None,
                 message: format!("live pool differs from the model: {message}"),
             });
         }
@@ -228,7 +294,8 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
             );
         }
         rep.ops = op + 1;
-        if (cfg.max_states > 0 && rep.states >= cfg.max_states) || !rep.violations.is_empty() {
+        let states = rep.states + rep.second_crash_states;
+        if (cfg.max_states > 0 && states >= cfg.max_states) || !rep.violations.is_empty() {
             break;
         }
     }
@@ -250,42 +317,44 @@ fn explore(
 ) {
     for p in points {
         rep.points += 1;
+        let continued = continued_state(cfg, p.seq);
         for k in 0..cfg.states_per_point {
             if let Some((ps, ks)) = cfg.only {
                 if (ps, ks) != (p.seq, k) {
                     continue;
                 }
             }
+            // A replay continues the state only when the violation came after a second crash.
+            let keep = match (cfg.only, cfg.only_second) {
+                (Some(_), second) => second.is_some(),
+                (None, _) => continued == Some(k),
+            };
             let mut rng = state_rng(cfg.seed, p.seq, k);
             rep.states += 1;
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                verify_state(p, cfg.faults, k, &mut rng, oracle)
-            }));
-            let outcome = match outcome {
-                Ok(o) => o,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    Err(format!("panic during recovery or verification: {what}"))
-                }
+            let outcome = guarded(|| verify_state(p, cfg.faults, k, &mut rng, oracle, keep));
+            let violation = |message| Violation {
+                seed: cfg.seed,
+                point: p.seq,
+                state: k,
+                op,
+                second: None,
+                message,
             };
             match outcome {
-                Ok(StateOutcome::Exact) => {}
-                Ok(StateOutcome::Injected { detected }) => {
+                Ok((StateOutcome::Exact, recovered)) => {
+                    if let Some(rec) = recovered {
+                        if let Err(v) = second_crash(cfg, (p.seq, k), op, rec, rep) {
+                            rep.violations.push(v);
+                            return;
+                        }
+                    }
+                }
+                Ok((StateOutcome::Injected { detected }, _)) => {
                     rep.media_faults += 1;
                     rep.media_detected += detected as u64;
                 }
                 Err(message) => {
-                    rep.violations.push(Violation {
-                        seed: cfg.seed,
-                        point: p.seq,
-                        state: k,
-                        op,
-                        message,
-                    });
+                    rep.violations.push(violation(message));
                     return;
                 }
             }
@@ -293,8 +362,185 @@ fn explore(
     }
 }
 
+/// Run `f`, turning a panic into an error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("panic during recovery or verification: {what}"))
+        }
+    }
+}
+
+/// Which state of crash point `seq` is continued after recovery, if any: one in
+/// `second_crash_every` points (a hash of the seed and the point, so a replay agrees), and
+/// a state chosen by the same hash (all writes kept, all dropped, or a random subset).
+fn continued_state(cfg: &CrashConfig, seq: u64) -> Option<usize> {
+    if cfg.second_crash_every == 0 || cfg.states_per_point == 0 {
+        return None;
+    }
+    let mut h =
+        (cfg.seed ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 31;
+    let every = cfg.second_crash_every;
+    (h % every == 0).then(|| ((h / every) % cfg.states_per_point as u64) as usize)
+}
+
 fn state_rng(seed: u64, point: u64, k: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ point.wrapping_mul(0x9e37_79b9) ^ ((k as u64) << 48))
+}
+
+/// The seed of the random streams of the continuation of state `k` of crash point `point`.
+fn continuation_seed(seed: u64, (point, k): (u64, usize)) -> u64 {
+    seed ^ 0x5ec0_0d00_0000_0000 ^ point.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((k as u64) << 40)
+}
+
+/// First write id of a continuation (the first run's ids stay far below).
+const CONTINUATION_WRITES: u64 = 1 << 40;
+/// First volume number of a continuation (its volumes are `v1000000`, ...).
+const CONTINUATION_NAMES: u64 = 1_000_000;
+
+/// A state that recovered and verified exactly, kept for a continuation.
+struct Recovered {
+    meta: Arc<CrashImage>,
+    data: Arc<CrashImage>,
+    /// What the recovered pool holds: every volume that exists, every sector as read.
+    oracle: Oracle,
+}
+
+/// Reopen the recovered state `first` read-write on devices whose durable state is its
+/// image, run a short continuation, crash it at every flush and verify each second crash.
+fn second_crash(
+    cfg: &CrashConfig,
+    first: (u64, usize),
+    op: usize,
+    rec: Recovered,
+    rep: &mut CrashReport,
+) -> Result<(), Violation> {
+    rep.second_crash_runs += 1;
+    let cseed = continuation_seed(cfg.seed, first);
+    let group = SimGroup::new();
+    let meta: Arc<dyn BlockDev> = Arc::new(group.add_image(&rec.meta));
+    let data: Arc<dyn BlockDev> = Arc::new(group.add_image(&rec.data));
+    drop((rec.meta, rec.data));
+    // Second crashes are power losses only (a media fault was never continued).
+    let faults = FaultSet {
+        eio: false,
+        bitflip: false,
+        misdirect: false,
+        ..cfg.faults
+    };
+    let mut w = Workload {
+        rng: ChaCha8Rng::seed_from_u64(cseed),
+        oracle: rec.oracle,
+        next_write: CONTINUATION_WRITES,
+        next_name: CONTINUATION_NAMES,
+        cfg: cfg.clone(),
+        log: Vec::new(),
+    };
+    let ops = w.rng.gen_range(3..=8usize);
+    let fail = |w: &Workload, point: u64, state: usize, cop: usize, message: String| Violation {
+        seed: cfg.seed,
+        point: first.0,
+        state: first.1,
+        op,
+        second: Some(SecondCrash {
+            point,
+            state,
+            op: cop,
+        }),
+        message: format!(
+            "{message}\nthe pool recovered from crash point {} state {} and then ran:\n  {}",
+            first.0,
+            first.1,
+            if w.log.is_empty() {
+                "(nothing: it was reopened)".to_string()
+            } else {
+                w.log.join("\n  ")
+            }
+        ),
+    };
+    let opts = OpenOptions {
+        read_only: false,
+        cache_blocks: 256,
+        at_seq: None,
+    };
+    let mut pool = match guarded(|| Pool::open_on(meta, data, &opts).map_err(|e| e.to_string())) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(fail(
+                &w,
+                0,
+                0,
+                0,
+                format!("reopening read-write failed: {e}"),
+            ))
+        }
+    };
+    pool.set_broken_commit_order(cfg.broken_commit_order || cfg.broken_commit_order_after_recovery);
+    // Operation 0 is the reopening (it may write); the last one commits, so the
+    // continuation always reaches a commit after recovery.
+    for cop in 0..=ops + 1 {
+        let during = match cop {
+            0 => Ok(w.oracle.clone()),
+            c if c <= ops => guarded(|| Ok(w.step(&mut pool))),
+            _ => guarded(|| Ok(w.commit(&mut pool))),
+        };
+        let during =
+            during.map_err(|e| fail(&w, 0, 0, cop, format!("the continuation failed: {e}")))?;
+        let points = group.take_points();
+        if let Err(message) = verify_live(&mut pool, &w.oracle) {
+            return Err(fail(
+                &w,
+                0,
+                0,
+                cop,
+                format!("live pool differs from the model after recovery: {message}"),
+            ));
+        }
+        explore_second(cfg, first, faults, &points, &during, rep)
+            .map_err(|(p, k, m)| fail(&w, p, k, cop, m))?;
+    }
+    let last = group.current_point();
+    if last.pending() > 0 {
+        explore_second(cfg, first, faults, &[last], &w.oracle, rep)
+            .map_err(|(p, k, m)| fail(&w, p, k, ops + 2, m))?;
+    }
+    Ok(())
+}
+
+/// Explore the crash points of a continuation; a violation is `(point, state, message)`.
+fn explore_second(
+    cfg: &CrashConfig,
+    first: (u64, usize),
+    faults: FaultSet,
+    points: &[CrashPoint],
+    oracle: &Oracle,
+    rep: &mut CrashReport,
+) -> Result<(), (u64, usize, String)> {
+    let cseed = continuation_seed(cfg.seed, first);
+    for p in points {
+        rep.second_crash_points += 1;
+        for k in 0..cfg.second_states_per_point {
+            if let Some((ps, ks)) = cfg.only_second {
+                if (ps, ks) != (p.seq, k) {
+                    continue;
+                }
+            }
+            let mut rng = state_rng(cseed, p.seq, k);
+            rep.second_crash_states += 1;
+            match guarded(|| verify_state(p, faults, k, &mut rng, oracle, false)) {
+                Ok(_) => {}
+                Err(message) => return Err((p.seq, k, message)),
+            }
+        }
+    }
+    Ok(())
 }
 
 enum StateOutcome {
@@ -304,13 +550,16 @@ enum StateOutcome {
     Injected { detected: bool },
 }
 
+/// Recover state `k` of crash point `p` (read-only), check it and compare every sector with
+/// the oracle. With `keep`, a state that verified exactly is returned for a continuation.
 fn verify_state(
     p: &CrashPoint,
     fs: FaultSet,
     k: usize,
     rng: &mut ChaCha8Rng,
     oracle: &Oracle,
-) -> Result<StateOutcome, String> {
+    keep: bool,
+) -> Result<(StateOutcome, Option<Recovered>), String> {
     // State 0 keeps every unflushed write, state 1 drops them all; the rest are random.
     let faults = match k {
         0 => CrashFaults::default(),
@@ -341,7 +590,8 @@ fn verify_state(
         ..faults
     };
     let mut meta_img = CrashImage::build(p, 0, meta_faults, rng);
-    let data: Arc<dyn BlockDev> = Arc::new(CrashImage::build(p, 1, faults, rng));
+    let data_img = Arc::new(CrashImage::build(p, 1, faults, rng));
+    let data: Arc<dyn BlockDev> = data_img.clone();
     match media {
         Some(0) => {
             let secs = meta_img.written_sectors();
@@ -355,11 +605,12 @@ fn verify_state(
         }
         _ => {}
     }
-    let meta: Arc<dyn BlockDev> = Arc::new(meta_img);
+    let meta_img = Arc::new(meta_img);
+    let meta: Arc<dyn BlockDev> = meta_img.clone();
     let injected = media.is_some();
-    let detected = |why: String| -> Result<StateOutcome, String> {
+    let detected = |why: String| -> Result<(StateOutcome, Option<Recovered>), String> {
         if injected {
-            Ok(StateOutcome::Injected { detected: true })
+            Ok((StateOutcome::Injected { detected: true }, None))
         } else {
             Err(why)
         }
@@ -398,14 +649,21 @@ fn verify_state(
             ));
         }
     }
+    let keep = keep && !injected;
+    let mut recovered = Oracle::default();
     for (name, vo) in &oracle.vols {
         let id = match vols.iter().find(|(_, d)| &d.name == name) {
             Some((id, _)) => *id,
             None if vo.exists == Exists::Maybe => continue,
             None => return Err(format!("volume '{name}' is missing after recovery")),
         };
-        match verify_volume(&mut pool, id, name, vo) {
-            Ok(()) => {}
+        let mut now = VolOracle::new(vo.sectors, Exists::Yes);
+        match verify_volume(&mut pool, id, name, vo, keep.then_some(&mut now)) {
+            Ok(()) => {
+                if keep {
+                    recovered.vols.insert(name.clone(), now);
+                }
+            }
             Err(VerifyError::Read(e)) => return detected(e),
             Err(VerifyError::Wrong(e)) => {
                 let r = pool
@@ -421,11 +679,15 @@ fn verify_state(
             }
         }
     }
-    Ok(if injected {
-        StateOutcome::Injected { detected: false }
-    } else {
-        StateOutcome::Exact
-    })
+    if injected {
+        return Ok((StateOutcome::Injected { detected: false }, None));
+    }
+    let recovered = keep.then_some(Recovered {
+        meta: meta_img,
+        data: data_img,
+        oracle: recovered,
+    });
+    Ok((StateOutcome::Exact, recovered))
 }
 
 fn verify_live(pool: &mut Pool, oracle: &Oracle) -> Result<(), String> {
@@ -460,6 +722,7 @@ fn verify_volume(
     id: VolumeId,
     name: &str,
     vo: &VolOracle,
+    mut now: Option<&mut VolOracle>,
 ) -> Result<(), VerifyError> {
     let size = vo.sectors * SECTOR as u64;
     let mut buf = vec![0u8; size as usize];
@@ -485,7 +748,18 @@ fn verify_volume(
                     st.durable, st.newer
                 )));
             }
-            Ok(_) => {}
+            Ok(w) => {
+                if let (Some(now), true) = (now.as_deref_mut(), w != 0) {
+                    // What recovery reads is on the medium: the continuation's durable value.
+                    now.map.insert(
+                        s,
+                        SecState {
+                            durable: w,
+                            newer: Vec::new(),
+                        },
+                    );
+                }
+            }
         }
     }
     Ok(())
@@ -650,7 +924,7 @@ impl Workload {
 impl CrashConfig {
     /// A replay file for `v`: the whole configuration plus the one state to explore.
     pub fn replay_json(&self, v: &Violation) -> serde_json::Value {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "thinpool_crash_replay": 1,
             "seed": self.seed,
             "ops": self.ops,
@@ -660,10 +934,18 @@ impl CrashConfig {
             "states_per_point": self.states_per_point,
             "faults": self.faults.names(),
             "broken_commit_order": self.broken_commit_order,
+            "broken_commit_order_after_recovery": self.broken_commit_order_after_recovery,
             "point": v.point,
             "state": v.state,
+            "second_crash_every": self.second_crash_every,
+            "second_states_per_point": self.second_states_per_point,
             "message": v.message,
-        })
+        });
+        if let Some(s) = v.second {
+            j["second_point"] = s.point.into();
+            j["second_state"] = s.state.into();
+        }
+        j
     }
 
     /// The configuration a replay file describes (it explores only the recorded state).
@@ -695,7 +977,23 @@ impl CrashConfig {
                 .get("broken_commit_order")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            broken_commit_order_after_recovery: j
+                .get("broken_commit_order_after_recovery")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             only: Some((num("point")?, num("state")? as usize)),
+            second_crash_every: j
+                .get("second_crash_every")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(DEFAULT_SECOND_CRASH_EVERY),
+            second_states_per_point: j
+                .get("second_states_per_point")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(4) as usize,
+            only_second: match j.get("second_point") {
+                None => None,
+                Some(_) => Some((num("second_point")?, num("second_state")? as usize)),
+            },
         })
     }
 }
