@@ -42,6 +42,9 @@ pub struct Tm {
     pub dsm: SpaceMap,
     shadowed: HashSet<u64>,
     pending: BTreeMap<u64, i64>,
+    /// Sum of the positive deltas in `pending` (this transaction's allocations), kept up to
+    /// date so the free-space estimate every allocation checks is O(1).
+    pending_alloc: i64,
     bump: Option<u64>,
     applying: bool,
     /// Data blocks whose count reached zero in this transaction (punched after commit).
@@ -274,7 +277,9 @@ impl Tm {
 
     pub(crate) fn meta_delta(&mut self, b: MetaBlock, d: i64) {
         let e = self.pending.entry(b.0).or_insert(0);
+        let before = *e;
         *e += d;
+        self.pending_alloc += (*e).max(0) - before.max(0);
         if *e == 0 {
             self.pending.remove(&b.0);
         }
@@ -305,8 +310,7 @@ impl Tm {
 
     /// Free metadata blocks, counting this transaction's allocations (not its frees).
     pub fn meta_free_estimate(&self) -> u64 {
-        let allocated =
-            self.msm.nr_allocated as i64 + self.pending.values().filter(|&&d| d > 0).sum::<i64>();
+        let allocated = self.msm.nr_allocated as i64 + self.pending_alloc;
         (self.msm.nr_blocks as i64 - allocated).max(0) as u64
     }
 
@@ -454,6 +458,7 @@ impl Tm {
     pub fn abort(&mut self) {
         self.bm.discard_dirty();
         self.pending.clear();
+        self.pending_alloc = 0;
         self.shadowed.clear();
         self.page_memo.clear();
         self.data_freed.clear();
@@ -634,6 +639,7 @@ impl Tm {
             dsm: empty_sm(SmKind::Data, data_blocks),
             shadowed: HashSet::new(),
             pending: BTreeMap::new(),
+            pending_alloc: 0,
             bump: Some(first_free),
             applying: false,
             data_freed: Vec::new(),
@@ -762,6 +768,7 @@ impl Tm {
             label,
             shadowed: HashSet::new(),
             pending: BTreeMap::new(),
+            pending_alloc: 0,
             bump: None,
             applying: false,
             data_freed: Vec::new(),
