@@ -12,40 +12,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::NullDev;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use common::{build_scattered, NullDev};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thinpool::io::{BlockDev, FileDev};
-use thinpool::pool::{CreateOptions, OpenOptions, Pool};
-
-const BS: u64 = 4096;
-
-fn build(path: &Path, mapped: u64) -> Duration {
-    let t = Instant::now();
-    let vol_blocks = 4 << 20; // 16 GiB volume
-    let meta: Arc<dyn BlockDev> = Arc::new(FileDev::create(path).unwrap());
-    let data: Arc<dyn BlockDev> = Arc::new(NullDev::default());
-    let mut o = CreateOptions::new(vol_blocks * BS);
-    o.block_size = BS;
-    let mut p = Pool::create_on(meta, data, &o).unwrap();
-    let v = p.create_volume("vol", vol_blocks * BS, false).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let mut blocks: Vec<u64> = (0..vol_blocks).collect();
-    blocks.shuffle(&mut rng);
-    let block = vec![0xa5u8; BS as usize];
-    for (i, &vb) in blocks[..mapped as usize].iter().enumerate() {
-        p.write(v, vb * BS, &block).unwrap();
-        if i % 50_000 == 49_999 {
-            p.commit().unwrap();
-        }
-    }
-    p.commit().unwrap();
-    assert_eq!(p.info().unwrap().data_blocks_used, mapped);
-    t.elapsed()
-}
+use thinpool::pool::{OpenOptions, Pool};
 
 fn time_opens(path: &Path, n: usize) -> (Duration, Duration) {
     let mut times = Vec::with_capacity(n);
@@ -66,8 +38,8 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let small = dir.path().join("small-metadata");
     let large = dir.path().join("large-metadata");
-    let b1 = build(&small, 10);
-    let b2 = build(&large, 1_000_000);
+    let b1 = build_scattered(&small, 10);
+    let b2 = build_scattered(&large, 1_000_000);
     eprintln!("built: 10 blocks in {b1:.2?}, 1,000,000 scattered blocks in {b2:.2?}");
     let n = 25;
     // Warm both (page cache, allocator) so neither pays the first-run costs.

@@ -1,9 +1,47 @@
 //! Shared bench helpers: a data device that keeps nothing, so benches that measure metadata
 //! (snapshot, open, memory) can map millions of blocks without writing gigabytes of data.
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use thinpool::io::BlockDev;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinpool::io::{BlockDev, FileDev};
+use thinpool::pool::{CreateOptions, Pool};
+
+/// The data block size of the pools the metadata benches build.
+#[allow(dead_code)]
+pub const BS: u64 = 4096;
+
+/// Build a pool whose metadata is the real file `path` (data on a [`NullDev`]) with one
+/// 16 GiB volume `vol` holding `mapped` 4 KiB blocks in shuffled order, committed every
+/// 50,000 writes. Returns the build time.
+#[allow(dead_code)]
+pub fn build_scattered(path: &Path, mapped: u64) -> Duration {
+    let t = Instant::now();
+    let vol_blocks = 4 << 20; // 16 GiB volume
+    let meta: Arc<dyn BlockDev> = Arc::new(FileDev::create(path).unwrap());
+    let data: Arc<dyn BlockDev> = Arc::new(NullDev::default());
+    let mut o = CreateOptions::new(vol_blocks * BS);
+    o.block_size = BS;
+    let mut p = Pool::create_on(meta, data, &o).unwrap();
+    let v = p.create_volume("vol", vol_blocks * BS, false).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut blocks: Vec<u64> = (0..vol_blocks).collect();
+    blocks.shuffle(&mut rng);
+    let block = vec![0xa5u8; BS as usize];
+    for (i, &vb) in blocks[..mapped as usize].iter().enumerate() {
+        p.write(v, vb * BS, &block).unwrap();
+        if i % 50_000 == 49_999 {
+            p.commit().unwrap();
+        }
+    }
+    p.commit().unwrap();
+    assert_eq!(p.info().unwrap().data_blocks_used, mapped);
+    t.elapsed()
+}
 
 /// A data device that drops writes and reads zeros (like /dev/null with a size).
 #[derive(Default)]
