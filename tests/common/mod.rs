@@ -2,6 +2,8 @@
 //! pools in temporary directories, read their state as JSON.
 #![allow(dead_code)]
 
+pub mod tools;
+
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};

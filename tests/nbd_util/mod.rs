@@ -11,32 +11,12 @@ use std::time::{Duration, Instant};
 use thinpool::nbd::{serve_until, ControlHandler, ServeOptions};
 use thinpool::pool::{CreateOptions, Pool};
 
-pub const MIB: u64 = 1 << 20;
+#[path = "../common/tools.rs"]
+mod tools;
+#[allow(unused_imports)] // not every NBD test drives an external client
+pub use tools::have_tools;
 
-/// True when every tool is installed. Otherwise: under `CI` the test fails, elsewhere it
-/// prints a loud skip message and the caller returns.
-pub fn have_tools(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set and required tools are missing: {missing:?}");
-    }
-    eprintln!("\n!!!!! SKIPPING: tools not installed: {missing:?} (apt-get install qemu-utils libnbd-bin fio nbdfuse) !!!!!\n");
-    false
-}
+pub const MIB: u64 = 1 << 20;
 
 /// A new pool with volumes `(name, size)`, block size `bs`.
 pub fn make_pool(vols: &[(&str, u64)], bs: u64) -> tempfile::TempDir {
