@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-want() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
+want() {
+  command -v "$1" >/dev/null 2>&1 && return
+  [[ " ${need_pkgs[*]} " == *" $2 "* ]] || need_pkgs+=("$2")
+}
 want qemu-img qemu-utils
 want qemu-io qemu-utils
 want nbdinfo libnbd-bin
