@@ -29,6 +29,11 @@ fn seeded_crash_runs_find_no_violation() {
             rep.violations
         );
         assert!(rep.states > 500, "explored only {} states", rep.states);
+        assert!(
+            rep.write_states > 100,
+            "only {} crashes between writes",
+            rep.write_states
+        );
         total += rep.states;
     }
     eprintln!("total crash states explored: {total}");
@@ -78,6 +83,40 @@ fn broken_commit_order_is_caught() {
         rep.states
     );
     assert!(rep.states <= 10_000);
+}
+
+/// Crashes between two unflushed writes (each write landing whole and in order up to the
+/// crash, as a disk without a volatile cache would leave them) find the broken order by
+/// themselves, and their replays are exact too.
+#[test]
+fn crashes_between_writes_alone_catch_a_broken_commit_order() {
+    let cfg = CrashConfig {
+        seed: 3,
+        ops: 400,
+        broken_commit_order: true,
+        states_per_point: 1, // state 0 only: every unflushed write lands
+        second_crash_every: 0,
+        max_states: 10_000,
+        ..Default::default()
+    };
+    let rep = run(&cfg);
+    let v = rep
+        .violations
+        .first()
+        .unwrap_or_else(|| panic!("missed in {} states", rep.states))
+        .clone();
+    assert!(
+        v.state >= 1,
+        "found by state {}, not a write point",
+        v.state
+    );
+    assert!(rep.write_states >= 1);
+    let again = CrashConfig::from_replay(&cfg.replay_json(&v)).unwrap();
+    let r2 = run(&again);
+    assert_eq!(r2.states, 1);
+    assert_eq!(r2.write_states, 1);
+    let v2 = r2.violations.first().expect("the replay reproduces it");
+    assert_eq!(v2.message.lines().next(), v.message.lines().next());
 }
 
 #[test]

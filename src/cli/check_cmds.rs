@@ -97,6 +97,10 @@ pub struct CrashtestArgs {
     /// Post-crash states built at each crash point
     #[arg(long, default_value_t = 8)]
     pub states_per_point: usize,
+    /// Also crash between the unflushed writes of each crash point: after every write when
+    /// there are at most N, else at N evenly spaced writes (0: only at flushes)
+    #[arg(long, default_value_t = crate::crash::DEFAULT_WRITE_POINTS, value_name = "N")]
+    pub write_points: usize,
     /// Continue one recovered state of one in N crash points read-write and crash it again (0: never)
     #[arg(long, default_value_t = crate::crash::DEFAULT_SECOND_CRASH_EVERY, value_name = "N")]
     pub second_crash_every: u64,
@@ -155,6 +159,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                 volumes: a.volumes.max(1),
                 block_size: a.block_size,
                 states_per_point: a.states_per_point.max(1),
+                write_points: a.write_points,
                 max_states: a.states,
                 faults,
                 broken_commit_order: a.broken_commit_order,
@@ -169,11 +174,12 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
         if !a.json {
             writeln!(
                 out,
-                "seed {}: {} ops, {} crash points, {} states, {} second-crash states ({} recoveries continued, {} crash points) in {:.1}s ({:.0} states/s), {} violations{}",
+                "seed {}: {} ops, {} crash points, {} states ({} between writes), {} second-crash states ({} recoveries continued, {} crash points) in {:.1}s ({:.0} states/s), {} violations{}",
                 cfg.seed,
                 rep.ops,
                 rep.points,
                 rep.states,
+                rep.write_states,
                 rep.second_crash_states,
                 rep.second_crash_runs,
                 rep.second_crash_points,
@@ -195,6 +201,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
     }
     let total: u64 = reports.iter().map(|(_, r)| r.states).sum();
     let second: u64 = reports.iter().map(|(_, r)| r.second_crash_states).sum();
+    let between: u64 = reports.iter().map(|(_, r)| r.write_states).sum();
     let violation = reports
         .iter()
         .find_map(|(c, r)| r.violations.first().map(|v| (c.clone(), v.clone())));
@@ -216,6 +223,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                     "ops": r.ops,
                     "crash_points": r.points,
                     "states": r.states,
+                    "write_states": r.write_states,
                     "seconds": r.elapsed.as_secs_f64(),
                     "states_per_sec": r.states_per_sec(),
                     "media_faults": r.media_faults,
@@ -234,12 +242,17 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
             .collect();
         print_json(
             out,
-            &serde_json::json!({ "states": total, "second_crash_states": second, "runs": runs }),
+            &serde_json::json!({
+                "states": total,
+                "write_states": between,
+                "second_crash_states": second,
+                "runs": runs,
+            }),
         )?;
     } else {
         writeln!(
             out,
-            "total: {total} crash states explored, {second} more after a second crash during recovery"
+            "total: {total} crash states explored ({between} of them between two writes), {second} more after a second crash during recovery"
         )?;
     }
     if let Some((_, v)) = violation {

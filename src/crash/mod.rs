@@ -1,8 +1,11 @@
 //! Crash injection (DESIGN.md §6): a seeded random workload runs against a pool on
 //! [`SimDev`](crate::io::SimDev)s; at every flush the devices' state is captured, and
 //! post-crash images are built from the durable state plus subsets of the unflushed writes
-//! (dropped, reordered, torn at 512 bytes). Each image is recovered (opened), checked, and
-//! every 512-byte sector of every volume is compared with the [`oracle`].
+//! (dropped, reordered, torn at 512 bytes). Besides those, a crash point also yields crashes
+//! between its unflushed writes (a crash just after write *n*: writes 1..n land whole and in
+//! order, see [`CrashPoint::write_boundaries`]), so every write of a short run is a crash
+//! point of its own. Each image is recovered (opened), checked, and every 512-byte sector of
+//! every volume is compared with the [`oracle`].
 //!
 //! A crash during recovery: for a sample of the states (one in `second_crash_every` crash
 //! points, one state each), once the state has recovered and verified, the pool is reopened
@@ -39,6 +42,10 @@ pub struct CrashConfig {
     pub pool_size: u64,
     /// Post-crash states explored per crash point.
     pub states_per_point: usize,
+    /// Besides those, crashes between the unflushed writes of a crash point, each write
+    /// landing whole and in order up to the crash: after every write when there are at most
+    /// this many, else this many evenly spaced (0: none).
+    pub write_points: usize,
     /// Stop after this many states (0: no limit).
     pub max_states: u64,
     pub faults: FaultSet,
@@ -68,6 +75,7 @@ impl Default for CrashConfig {
             block_size: 4096,
             pool_size: 16 << 20,
             states_per_point: 8,
+            write_points: DEFAULT_WRITE_POINTS,
             max_states: 0,
             faults: FaultSet::default(),
             broken_commit_order: false,
@@ -82,6 +90,9 @@ impl Default for CrashConfig {
 
 /// Default sampling of states continued after recovery (one in this many crash points).
 pub const DEFAULT_SECOND_CRASH_EVERY: u64 = 4;
+
+/// Default number of crashes between the unflushed writes of one crash point.
+pub const DEFAULT_WRITE_POINTS: usize = 64;
 
 /// Which faults a run injects. `drop`, `reorder` and `torn` are what a power loss does and are
 /// inside the promise: every state must recover exactly. `eio` (a metadata read fails),
@@ -208,6 +219,8 @@ impl std::fmt::Display for Violation {
 #[derive(Debug, Clone, Default)]
 pub struct CrashReport {
     pub states: u64,
+    /// Of `states`, those that crashed between two unflushed writes (`write_points`).
+    pub write_states: u64,
     pub points: u64,
     /// States with a media fault injected, and how many of those were detected (the rest
     /// did not matter: the damaged block was not needed and every byte read back right).
@@ -318,7 +331,8 @@ fn explore(
     for p in points {
         rep.points += 1;
         let continued = continued_state(cfg, p.seq);
-        for k in 0..cfg.states_per_point {
+        let cuts = p.write_boundaries(cfg.write_points);
+        for k in 0..cfg.states_per_point + cuts.len() {
             if let Some((ps, ks)) = cfg.only {
                 if (ps, ks) != (p.seq, k) {
                     continue;
@@ -330,8 +344,10 @@ fn explore(
                 (None, _) => continued == Some(k),
             };
             let mut rng = state_rng(cfg.seed, p.seq, k);
+            let upto = k.checked_sub(cfg.states_per_point).map(|j| cuts[j]);
             rep.states += 1;
-            let outcome = guarded(|| verify_state(p, cfg.faults, k, &mut rng, oracle, keep));
+            rep.write_states += upto.is_some() as u64;
+            let outcome = guarded(|| verify_state(p, cfg.faults, k, upto, &mut rng, oracle, keep));
             let violation = |message| Violation {
                 seed: cfg.seed,
                 point: p.seq,
@@ -526,15 +542,17 @@ fn explore_second(
     let cseed = continuation_seed(cfg.seed, first);
     for p in points {
         rep.second_crash_points += 1;
-        for k in 0..cfg.second_states_per_point {
+        let cuts = p.write_boundaries(cfg.write_points);
+        for k in 0..cfg.second_states_per_point + cuts.len() {
             if let Some((ps, ks)) = cfg.only_second {
                 if (ps, ks) != (p.seq, k) {
                     continue;
                 }
             }
             let mut rng = state_rng(cseed, p.seq, k);
+            let upto = k.checked_sub(cfg.second_states_per_point).map(|j| cuts[j]);
             rep.second_crash_states += 1;
-            match guarded(|| verify_state(p, faults, k, &mut rng, oracle, false)) {
+            match guarded(|| verify_state(p, faults, k, upto, &mut rng, oracle, false)) {
                 Ok(_) => {}
                 Err(message) => return Err((p.seq, k, message)),
             }
@@ -552,16 +570,23 @@ enum StateOutcome {
 
 /// Recover state `k` of crash point `p` (read-only), check it and compare every sector with
 /// the oracle. With `keep`, a state that verified exactly is returned for a continuation.
+/// `upto`: the state is a crash just before that write (see [`CrashFaults::upto`]).
 fn verify_state(
     p: &CrashPoint,
     fs: FaultSet,
     k: usize,
+    upto: Option<u64>,
     rng: &mut ChaCha8Rng,
     oracle: &Oracle,
     keep: bool,
 ) -> Result<(StateOutcome, Option<Recovered>), String> {
-    // State 0 keeps every unflushed write, state 1 drops them all; the rest are random.
+    // State 0 keeps every unflushed write, state 1 drops them all; the rest are random,
+    // or crashes between two writes.
     let faults = match k {
+        _ if upto.is_some() => CrashFaults {
+            upto,
+            ..Default::default()
+        },
         0 => CrashFaults::default(),
         1 => CrashFaults {
             drop: 1.0,
@@ -572,10 +597,11 @@ fn verify_state(
             reorder: fs.reorder,
             torn: if fs.torn { 0.3 } else { 0.0 },
             misdirect: false,
+            upto: None,
         },
     };
     // At most one media fault per state (the fault budget), never in states 0 and 1.
-    let media = if k >= 2 && fs.media() {
+    let media = if k >= 2 && upto.is_none() && fs.media() {
         let kinds: Vec<u8> = [(fs.eio, 0u8), (fs.bitflip, 1), (fs.misdirect, 2)]
             .iter()
             .filter(|(on, _)| *on)
@@ -932,6 +958,7 @@ impl CrashConfig {
             "block_size": self.block_size,
             "pool_size": self.pool_size,
             "states_per_point": self.states_per_point,
+            "write_points": self.write_points,
             "faults": self.faults.names(),
             "broken_commit_order": self.broken_commit_order,
             "broken_commit_order_after_recovery": self.broken_commit_order_after_recovery,
@@ -971,6 +998,8 @@ impl CrashConfig {
             block_size: num("block_size")?,
             pool_size: num("pool_size")?,
             states_per_point: num("states_per_point")? as usize,
+            // Replay files written before write points existed had none.
+            write_points: j.get("write_points").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
             max_states: 0,
             faults: FaultSet::parse(faults)?,
             broken_commit_order: j

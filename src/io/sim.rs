@@ -149,6 +149,26 @@ impl CrashPoint {
     pub fn pending(&self) -> usize {
         self.devs.iter().map(|d| d.pending.len()).sum()
     }
+
+    /// Crashes between the unflushed writes, as [`CrashFaults::upto`] values: just before
+    /// each unflushed write but the first (before the first, all are lost: a drop-all
+    /// state), over all devices in issue order. When there are more than `limit`, `limit`
+    /// of them evenly spaced, always including the last.
+    pub fn write_boundaries(&self, limit: usize) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self
+            .devs
+            .iter()
+            .flat_map(|d| d.pending.iter().map(|w| w.seq))
+            .collect();
+        seqs.sort_unstable();
+        let cuts = seqs.get(1..).unwrap_or(&[]);
+        if cuts.len() <= limit {
+            return cuts.to_vec();
+        }
+        (1..=limit)
+            .map(|i| cuts[i * cuts.len() / limit - 1])
+            .collect()
+    }
 }
 
 struct Group {
@@ -364,6 +384,9 @@ pub struct CrashFaults {
     pub reorder: bool,
     /// Probability that a surviving multi-sector write is torn (only some sectors land).
     pub torn: f64,
+    /// A crash just before the write of this clock value: exactly the unflushed writes
+    /// issued before it land, in order, whole (`drop`, `reorder` and `torn` are ignored).
+    pub upto: Option<u64>,
 }
 
 /// A device holding a post-crash state: durable layers plus one layer of surviving
@@ -391,11 +414,14 @@ impl CrashImage {
             len,
             capacity,
         } = &p.devs[idx];
-        let mut chosen: Vec<&WriteRec> = pending
-            .iter()
-            .filter(|_| !rng.gen_bool(faults.drop))
-            .collect();
-        if faults.reorder {
+        let mut chosen: Vec<&WriteRec> = match faults.upto {
+            Some(upto) => pending.iter().filter(|w| w.seq < upto).collect(),
+            None => pending
+                .iter()
+                .filter(|_| !rng.gen_bool(faults.drop))
+                .collect(),
+        };
+        if faults.reorder && faults.upto.is_none() {
             use rand::seq::SliceRandom;
             chosen.shuffle(rng);
         }
@@ -421,7 +447,7 @@ impl CrashImage {
                 w
             };
             let sectors = (w.offset % SECTOR + w.data.len() as u64).div_ceil(SECTOR);
-            let torn = sectors > 1 && rng.gen_bool(faults.torn);
+            let torn = sectors > 1 && faults.upto.is_none() && rng.gen_bool(faults.torn);
             let mut pos = 0usize;
             while pos < w.data.len() {
                 let abs = w.offset + pos as u64;
@@ -570,6 +596,45 @@ mod tests {
             seen.insert((b[0], b[600]));
         }
         assert!(seen.contains(&(2, 1)) || seen.contains(&(1, 2)), "{seen:?}");
+    }
+
+    #[test]
+    fn a_crash_between_writes_keeps_exactly_the_earlier_ones() {
+        let g = SimGroup::new();
+        let a = g.add(1 << 20);
+        let b = g.add(1 << 20);
+        a.write_at(&[1u8; 512], 0).unwrap();
+        b.write_at(&[2u8; 512], 0).unwrap();
+        a.write_at(&[3u8; 512], 512).unwrap();
+        let p = g.current_point();
+        let cuts = p.write_boundaries(16);
+        assert_eq!(cuts.len(), 2, "before the 2nd and the 3rd write");
+        assert_eq!(
+            p.write_boundaries(1),
+            vec![cuts[1]],
+            "a sample keeps the last"
+        );
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let read = |img: &CrashImage, at: u64| {
+            let mut s = [0u8; 1];
+            img.read_at(&mut s, at).unwrap();
+            s[0]
+        };
+        let faults = |upto| CrashFaults {
+            upto: Some(upto),
+            drop: 1.0, // ignored with upto
+            ..Default::default()
+        };
+        let (a1, b1) = (
+            CrashImage::build(&p, 0, faults(cuts[0]), &mut rng),
+            CrashImage::build(&p, 1, faults(cuts[0]), &mut rng),
+        );
+        assert_eq!((read(&a1, 0), read(&b1, 0), read(&a1, 512)), (1, 0, 0));
+        let (a2, b2) = (
+            CrashImage::build(&p, 0, faults(cuts[1]), &mut rng),
+            CrashImage::build(&p, 1, faults(cuts[1]), &mut rng),
+        );
+        assert_eq!((read(&a2, 0), read(&b2, 0), read(&a2, 512)), (1, 2, 0));
     }
 
     #[test]
