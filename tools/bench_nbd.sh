@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # fio over NBD, side by side in one run: `thinpool serve` (thin volume, 64 KiB blocks) vs
-# `qemu-nbd` on a raw file. Usage: tools/bench_nbd.sh [SECONDS]   (BENCH_DIR picks the disk)
+# `qemu-nbd` on a raw file, twice: with `--cache=writeback` (the page cache, as thinpool
+# uses it: the like-for-like comparison) and with `--cache=none --aio=native` (O_DIRECT).
+# Usage: tools/bench_nbd.sh [SECONDS]   (BENCH_DIR picks the disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -11,9 +13,11 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXI
 "$bin" pool create "$work/pool" --size 4G >/dev/null
 "$bin" create "$work/pool" vol --size 1G >/dev/null
 "$bin" serve "$work/pool" >/dev/null 2>&1 &
-truncate -s 1G "$work/raw.img"
-qemu-nbd -f raw --cache=none --aio=native --persistent --shared=8 -k "$work/qemu.sock" "$work/raw.img" &
-for s in "$work/pool/nbd.sock" "$work/qemu.sock"; do
+truncate -s 1G "$work/raw.img" "$work/direct.img"
+qemu-nbd -f raw --cache=writeback --persistent --shared=8 -k "$work/qemu.sock" "$work/raw.img" &
+qemu-nbd -f raw --cache=none --aio=native --persistent --shared=8 -k "$work/direct.sock" \
+  "$work/direct.img" &
+for s in "$work/pool/nbd.sock" "$work/qemu.sock" "$work/direct.sock"; do
   for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.1; done
 done
 run() { # uri rw bs
@@ -23,10 +27,12 @@ run() { # uri rw bs
     jq -r --arg rw "$2" 'if ($rw|test("read")) then .jobs[0].read else .jobs[0].write end
                           | "\(.iops|floor) IOPS \(.bw_bytes/1048576|floor) MiB/s"'
 }
-printf '%-22s %-28s %s\n' workload "thinpool serve" "qemu-nbd (raw file)"
+printf '%-14s %-26s %-26s %s\n' workload "thinpool serve" "qemu-nbd writeback" \
+  "qemu-nbd O_DIRECT"
 for w in "write 1M" "randwrite 4k" "randread 4k" "read 1M"; do
   set -- $w
   t=$(run "nbd+unix:///vol?socket=$work/pool/nbd.sock" "$1" "$2")
   q=$(run "nbd+unix:///?socket=$work/qemu.sock" "$1" "$2")
-  printf '%-22s %-28s %s\n' "$1 $2" "$t" "$q"
+  d=$(run "nbd+unix:///?socket=$work/direct.sock" "$1" "$2")
+  printf '%-14s %-26s %-26s %s\n' "$1 $2" "$t" "$q" "$d"
 done
