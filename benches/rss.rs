@@ -8,15 +8,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::NullDev;
+use common::{new_pool, BS, VOL_BLOCKS};
 use rand::Rng;
 use rand::SeedableRng;
-use std::sync::Arc;
 use std::time::Instant;
-use thinpool::io::{BlockDev, FileDev};
-use thinpool::pool::{CreateOptions, Pool};
-
-const BS: u64 = 4096;
 
 fn vm_hwm() -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -36,13 +31,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let vol_blocks = 4u64 << 20;
-    let meta: Arc<dyn BlockDev> = Arc::new(FileDev::create(&dir.path().join("metadata")).unwrap());
-    let data: Arc<dyn BlockDev> = Arc::new(NullDev::default());
-    let mut o = CreateOptions::new(vol_blocks * BS);
-    o.block_size = BS;
-    let mut p = Pool::create_on(meta, data, &o).unwrap();
-    let v = p.create_volume("vol", vol_blocks * BS, false).unwrap();
+    let vol_blocks = VOL_BLOCKS;
+    let (mut p, v) = new_pool(&dir.path().join("metadata"));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let start = rng.gen_range(0..vol_blocks);
     let block = vec![0x3cu8; BS as usize];

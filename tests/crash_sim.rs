@@ -2,9 +2,28 @@
 //! runner can fail.
 
 use std::sync::Arc;
-use thinpool::crash::{run, CrashConfig, FaultSet};
+use thinpool::crash::{run, CrashConfig, CrashReport, FaultSet, Violation};
 use thinpool::io::{BlockDev, SimGroup};
 use thinpool::pool::{CreateOptions, OpenOptions, Pool, PoolError};
+
+/// Replay `v` from its replay file's text (as `crashtest --replay FILE` does): the replay
+/// explores exactly the recorded state and reproduces the violation. Returns its report.
+fn replay(cfg: &CrashConfig, v: &Violation) -> CrashReport {
+    let text = serde_json::to_string(&cfg.replay_json(v)).unwrap();
+    let again = CrashConfig::from_replay(&serde_json::from_str(&text).unwrap()).unwrap();
+    let r = run(&again);
+    assert_eq!(r.states, 1, "a replay explores exactly the recorded state");
+    let v2 = r
+        .violations
+        .first()
+        .expect("the replay reproduces the violation");
+    assert_eq!(
+        (v2.point, v2.state, v2.second),
+        (v.point, v.state, v.second)
+    );
+    assert_eq!(v2.message.lines().next(), v.message.lines().next());
+    r
+}
 
 #[test]
 fn seeded_crash_runs_find_no_violation() {
@@ -111,12 +130,7 @@ fn crashes_between_writes_alone_catch_a_broken_commit_order() {
         v.state
     );
     assert!(rep.write_states >= 1);
-    let again = CrashConfig::from_replay(&cfg.replay_json(&v)).unwrap();
-    let r2 = run(&again);
-    assert_eq!(r2.states, 1);
-    assert_eq!(r2.write_states, 1);
-    let v2 = r2.violations.first().expect("the replay reproduces it");
-    assert_eq!(v2.message.lines().next(), v.message.lines().next());
+    assert_eq!(replay(&cfg, &v).write_states, 1);
 }
 
 #[test]
@@ -134,18 +148,8 @@ fn replay_reproduces_a_violation_exactly() {
         .first()
         .expect("broken order yields a violation")
         .clone();
-    let replay = cfg.replay_json(&v);
-    let text = serde_json::to_string(&replay).unwrap();
     for _ in 0..2 {
-        let again = CrashConfig::from_replay(&serde_json::from_str(&text).unwrap()).unwrap();
-        let r2 = run(&again);
-        assert_eq!(r2.states, 1, "a replay explores exactly the recorded state");
-        let v2 = r2
-            .violations
-            .first()
-            .expect("the replay reproduces the violation");
-        assert_eq!((v2.point, v2.state), (v.point, v.state));
-        assert_eq!(v2.message.lines().next(), v.message.lines().next());
+        replay(&cfg, &v);
     }
 }
 
@@ -210,20 +214,11 @@ fn a_bug_after_recovery_is_caught_by_a_second_crash_and_replays() {
         .clone();
     let second = v.second.expect("caught after a second crash");
     assert!(second.point > 0, "{v}: {}", v.message);
-    let text = serde_json::to_string(&cfg.replay_json(&v)).unwrap();
-    let again = CrashConfig::from_replay(&serde_json::from_str(&text).unwrap()).unwrap();
-    let r2 = run(&again);
-    assert_eq!(r2.states, 1);
     assert_eq!(
-        r2.second_crash_states, 1,
+        replay(&cfg, &v).second_crash_states,
+        1,
         "exactly the recorded second crash"
     );
-    let v2 = r2.violations.first().expect("the replay reproduces it");
-    assert_eq!(
-        (v2.point, v2.state, v2.second),
-        (v.point, v.state, v.second)
-    );
-    assert_eq!(v2.message.lines().next(), v.message.lines().next());
 }
 
 /// An fsync error makes the pool fail-stop: the commit is not acknowledged, nothing after it

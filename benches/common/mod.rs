@@ -9,11 +9,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thinpool::io::{BlockDev, FileDev};
-use thinpool::pool::{CreateOptions, Pool};
+use thinpool::pool::{CreateOptions, Pool, VolumeId};
 
 /// The data block size of the pools the metadata benches build.
 #[allow(dead_code)]
 pub const BS: u64 = 4096;
+
+/// Blocks of the volume `vol` of [`new_pool`] (16 GiB).
+#[allow(dead_code)]
+pub const VOL_BLOCKS: u64 = 4 << 20;
+
+/// A new pool of 4 KiB blocks whose metadata is the real file `path` and whose data is a
+/// [`NullDev`], holding one empty volume `vol` of [`VOL_BLOCKS`] blocks.
+#[allow(dead_code)]
+pub fn new_pool(path: &Path) -> (Pool, VolumeId) {
+    let meta: Arc<dyn BlockDev> = Arc::new(FileDev::create(path).unwrap());
+    let data: Arc<dyn BlockDev> = Arc::new(NullDev::default());
+    let mut o = CreateOptions::new(VOL_BLOCKS * BS);
+    o.block_size = BS;
+    let mut p = Pool::create_on(meta, data, &o).unwrap();
+    let v = p.create_volume("vol", VOL_BLOCKS * BS, false).unwrap();
+    (p, v)
+}
 
 /// Build a pool whose metadata is the real file `path` (data on a [`NullDev`]) with one
 /// 16 GiB volume `vol` holding `mapped` 4 KiB blocks in shuffled order, committed every
@@ -21,15 +38,9 @@ pub const BS: u64 = 4096;
 #[allow(dead_code)]
 pub fn build_scattered(path: &Path, mapped: u64) -> Duration {
     let t = Instant::now();
-    let vol_blocks = 4 << 20; // 16 GiB volume
-    let meta: Arc<dyn BlockDev> = Arc::new(FileDev::create(path).unwrap());
-    let data: Arc<dyn BlockDev> = Arc::new(NullDev::default());
-    let mut o = CreateOptions::new(vol_blocks * BS);
-    o.block_size = BS;
-    let mut p = Pool::create_on(meta, data, &o).unwrap();
-    let v = p.create_volume("vol", vol_blocks * BS, false).unwrap();
+    let (mut p, v) = new_pool(path);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let mut blocks: Vec<u64> = (0..vol_blocks).collect();
+    let mut blocks: Vec<u64> = (0..VOL_BLOCKS).collect();
     blocks.shuffle(&mut rng);
     let block = vec![0xa5u8; BS as usize];
     for (i, &vb) in blocks[..mapped as usize].iter().enumerate() {
