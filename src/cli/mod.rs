@@ -37,7 +37,7 @@ pub use volume_cmds::{
 
 /// Thin provisioning in userspace: pools of thin volumes with O(1) snapshots.
 ///
-/// Sizes and offsets take bytes or a K, M, G, T suffix (powers of 1024).
+/// Sizes and offsets take bytes or a K, M, G, T, P or E suffix (powers of 1024).
 #[derive(Parser, Debug)]
 #[command(name = "thinpool", version, propagate_version = true)]
 pub struct Cli {
