@@ -47,3 +47,84 @@ fn write_read_snapshot_reopen() {
     assert_eq!(info.data_blocks_used, 0);
     assert_eq!(info.metadata_blocks_used, base.metadata_blocks_used);
 }
+
+/// Bytes of the pool's data file actually allocated on disk.
+fn allocated(pool_dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(pool_dir.join("data")).unwrap().blocks() * 512
+}
+
+/// A 4 KiB write into a fresh 64 KiB block writes 4 KiB, not the whole zero-filled block:
+/// the data file's hole already reads as zeros. Everything around the write still reads 0.
+#[test]
+fn partial_write_into_a_fresh_block_writes_only_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pd = dir.path().join("pool");
+    let mut o = CreateOptions::new(64 << 20);
+    o.block_size = 64 << 10;
+    let mut p = Pool::create(&pd, &o).unwrap();
+    let v = p.create_volume("v", 1 << 30, false).unwrap();
+    let before = allocated(&pd);
+    for i in 0..16u64 {
+        // 4 KiB in each of 16 fresh blocks, at a different place in each.
+        p.write(v, i * (1 << 20) + (i % 16) * 4096, &[0xab; 4096])
+            .unwrap();
+    }
+    p.commit().unwrap();
+    let grew = allocated(&pd) - before;
+    assert!(
+        grew <= 16 * 8192,
+        "16 writes of 4 KiB allocated {grew} bytes of data (whole 64 KiB blocks: {})",
+        16 * (64 << 10)
+    );
+    for i in 0..16u64 {
+        let mut b = vec![1u8; 64 << 10];
+        p.read(v, i * (1 << 20), &mut b).unwrap();
+        let at = ((i % 16) * 4096) as usize;
+        assert!(
+            b[..at].iter().all(|&x| x == 0),
+            "block {i}: before the write"
+        );
+        assert!(b[at..at + 4096].iter().all(|&x| x == 0xab), "block {i}");
+        assert!(
+            b[at + 4096..].iter().all(|&x| x == 0),
+            "block {i}: after it"
+        );
+    }
+}
+
+/// A fresh block whose bytes on disk are not zeros (a freed block whose punch never
+/// happened, e.g. after a crash) is zero-filled around a partial write, never shown.
+#[test]
+fn partial_write_into_a_block_with_stale_bytes_zero_fills_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pd = dir.path().join("pool");
+    let mut o = CreateOptions::new(4 << 20);
+    o.block_size = 64 << 10;
+    let mut p = Pool::create(&pd, &o).unwrap();
+    let v = p.create_volume("v", 4 << 20, false).unwrap();
+    // Stale bytes in every data block the pool may hand out.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pd.join("data"))
+        .unwrap();
+    f.write_all_at(&vec![0x5a; 4 << 20], 0).unwrap();
+    drop(f);
+    for i in 0..64u64 {
+        p.write(v, i * (64 << 10) + 1000, &[0xcd; 100]).unwrap();
+    }
+    let mut b = vec![1u8; 4 << 20];
+    p.read(v, 0, &mut b).unwrap();
+    for (i, blk) in b.chunks(64 << 10).enumerate() {
+        assert!(
+            blk[..1000].iter().all(|&x| x == 0),
+            "block {i} shows stale bytes"
+        );
+        assert!(blk[1000..1100].iter().all(|&x| x == 0xcd), "block {i}");
+        assert!(
+            blk[1100..].iter().all(|&x| x == 0),
+            "block {i} shows stale bytes"
+        );
+    }
+}

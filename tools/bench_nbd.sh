@@ -12,12 +12,17 @@ work=$(mktemp -d "${BENCH_DIR:-/tmp}/thinpool-nbd.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin" pool create "$work/pool" --size 4G >/dev/null
 "$bin" create "$work/pool" vol --size 1G >/dev/null
+"$bin" create "$work/pool" fresh --size 1G >/dev/null   # never written: first-touch writes
 "$bin" serve "$work/pool" >/dev/null 2>&1 &
-truncate -s 1G "$work/raw.img" "$work/direct.img"
+truncate -s 1G "$work/raw.img" "$work/direct.img" "$work/fresh.img" "$work/fresh-direct.img"
 qemu-nbd -f raw --cache=writeback --persistent --shared=8 -k "$work/qemu.sock" "$work/raw.img" &
 qemu-nbd -f raw --cache=none --aio=native --persistent --shared=8 -k "$work/direct.sock" \
   "$work/direct.img" &
-for s in "$work/pool/nbd.sock" "$work/qemu.sock" "$work/direct.sock"; do
+qemu-nbd -f raw --cache=writeback --persistent --shared=8 -k "$work/fq.sock" "$work/fresh.img" &
+qemu-nbd -f raw --cache=none --aio=native --persistent --shared=8 -k "$work/fd.sock" \
+  "$work/fresh-direct.img" &
+for s in "$work/pool/nbd.sock" "$work/qemu.sock" "$work/direct.sock" "$work/fq.sock" \
+  "$work/fd.sock"; do
   for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.1; done
 done
 run() { # uri rw bs
@@ -29,6 +34,11 @@ run() { # uri rw bs
 }
 printf '%-14s %-26s %-26s %s\n' workload "thinpool serve" "qemu-nbd writeback" \
   "qemu-nbd O_DIRECT"
+# First-touch random writes (into never-written blocks of the thin volume and sparse files).
+t=$(run "nbd+unix:///fresh?socket=$work/pool/nbd.sock" randwrite 4k)
+q=$(run "nbd+unix:///?socket=$work/fq.sock" randwrite 4k)
+d=$(run "nbd+unix:///?socket=$work/fd.sock" randwrite 4k)
+printf '%-14s %-26s %-26s %s\n' "fresh rw 4k" "$t" "$q" "$d"
 for w in "write 1M" "randwrite 4k" "randread 4k" "read 1M"; do
   set -- $w
   t=$(run "nbd+unix:///vol?socket=$work/pool/nbd.sock" "$1" "$2")

@@ -101,6 +101,23 @@ impl BlockDev for FileDev {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// `SEEK_DATA` from `offset`: a hole when the next data starts at or past the range's
+    /// end. The filesystem counts dirty page-cache pages as data, and one without
+    /// `SEEK_DATA` support reports the whole file as data (never a hole); a block device
+    /// never has holes.
+    fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.is_block_device {
+            return Ok(false);
+        }
+        Ok(
+            match super::sys::seek_data_or_hole(&self.file, offset, true) {
+                Ok(None) => true,
+                Ok(Some(d)) => d >= offset.saturating_add(len),
+                Err(_) => false,
+            },
+        )
+    }
+
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 {
             return Ok(());

@@ -105,6 +105,15 @@ fn read_layers(layers: &[Arc<Layer>], top: &[&Layer], s: u64, out: &mut [u8; SEC
     out.fill(0);
 }
 
+/// True when no layer holds any sector of `[offset, offset+len)`: it was never written.
+fn never_written(layers: &[Arc<Layer>], top: &[&Layer], offset: u64, len: u64) -> bool {
+    let (first, end) = (offset / SECTOR, (offset + len).div_ceil(SECTOR));
+    (first..end).all(|s| {
+        top.iter().all(|l| !l.sectors.contains_key(&s))
+            && layers.iter().all(|l| !l.sectors.contains_key(&s))
+    })
+}
+
 fn read_range(layers: &[Arc<Layer>], top: &[&Layer], buf: &mut [u8], offset: u64) {
     let mut pos = 0usize;
     let mut sec = [0u8; SECTOR as usize];
@@ -289,6 +298,12 @@ impl BlockDev for SimDev {
         let d = &g.devs[self.idx];
         read_range(&d.durable, &[&d.live], buf, offset);
         Ok(())
+    }
+
+    fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let g = self.group.g.lock().unwrap();
+        let d = &g.devs[self.idx];
+        Ok(never_written(&d.durable, &[&d.live], offset, len))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -508,6 +523,10 @@ impl BlockDev for CrashImage {
         let top = self.top.lock().unwrap();
         read_range(&self.layers, &[&top], buf, offset);
         Ok(())
+    }
+    fn is_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let top = self.top.lock().unwrap();
+        Ok(never_written(&self.layers, &[&top], offset, len))
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if offset + buf.len() as u64 > self.capacity {

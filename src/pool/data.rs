@@ -4,7 +4,13 @@
 //! - Write to a block this volume owns exclusively (no shared node on its path, data count
 //!   1): in place. Otherwise a new block is allocated; a partial write into a shared block
 //!   copies the old contents first, a partial write into an unmapped block zero-fills the
-//!   rest (the whole block is written, so a reused block never shows old bytes).
+//!   rest (the whole block is written, so a reused block never shows old bytes) — unless the
+//!   data device says the new block is a hole ([`BlockDev::is_hole`]: never written, or
+//!   punched since), where the zeros are already there and only the new bytes are written.
+//!   That is what keeps a 4 KiB write into a fresh 64 KiB block a 4 KiB write. A punched
+//!   block is punched by the commit it left the protected window with, and the data flush
+//!   of the commit that maps it again (fdatasync) makes that punch durable first, so after a
+//!   crash a mapped block never shows bytes older than its hole.
 //! - All blocks a write needs are allocated before anything changes, so a full pool fails
 //!   the write with ENOSPC and changes nothing.
 //! - Discard unmaps whole blocks and zeroes the covered part of partial edge blocks.
@@ -80,8 +86,13 @@ pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[
         match *t {
             Target::InPlace(pb) => runs.push(pb * bs + ins, src, len),
             Target::New { old, new } => {
-                if ins == 0 && ine == bs {
-                    runs.push(new * bs, src, len);
+                let fresh = || {
+                    dev.is_hole(new * bs, bs)
+                        .map_err(Pool::data_err("seek", new * bs))
+                };
+                if ins == 0 && ine == bs || old.is_none() && fresh()? {
+                    // A whole block, or a never-written one (the rest already reads zeros).
+                    runs.push(new * bs + ins, src, len);
                 } else {
                     let mut blk = vec![0u8; bs as usize];
                     if let Some(o) = old {
