@@ -147,11 +147,18 @@ pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) ->
     let written = pos - a.offset;
     if let Err(e) = result {
         // Make the prefix that did land durable, so the volume's state is well defined.
-        let _ = pool.commit();
-        return Err(e.context(format!(
-            "write to '{}' stopped after {written} bytes at offset {pos}",
-            a.volume
-        )));
+        let what = match pool.commit() {
+            Ok(()) => format!(
+                "write to '{}' stopped at offset {pos}: the {written} bytes before it are committed",
+                a.volume
+            ),
+            Err(c) => format!(
+                "write to '{}' stopped at offset {pos}, and committing the {written} bytes before \
+                 it failed too ({c}): the pool is as its last commit left it",
+                a.volume
+            ),
+        };
+        return Err(e.context(what));
     }
     pool.commit()?;
     writeln!(

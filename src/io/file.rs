@@ -47,6 +47,25 @@ impl FileDev {
         })
     }
 
+    /// Reserve `len` bytes of real disk space (`posix_fallocate`), so that later writes
+    /// inside them cannot fail for lack of space on the filesystem. Where the filesystem
+    /// cannot reserve, glibc writes zeros instead; a block device needs nothing.
+    pub fn preallocate(&self, len: u64) -> io::Result<()> {
+        if self.is_block_device || len == 0 {
+            return Ok(());
+        }
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: posix_fallocate only reads its integer arguments; the fd stays open for
+        // the duration of the call.
+        let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        self.len.fetch_max(len as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The underlying file (for `flock`).
     pub fn file(&self) -> &File {
         &self.file

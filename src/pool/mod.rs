@@ -189,6 +189,33 @@ pub fn validate_block_size(bs: u64) -> Result<()> {
     Ok(())
 }
 
+/// What a `Pool::create` in progress has made: removed again if it fails (nothing was
+/// acknowledged, and a half-made pool would only make the retry fail with "exists").
+#[derive(Default)]
+struct PartialPool {
+    files: Vec<PathBuf>,
+    /// The directory, when `create` made it.
+    dir: Option<PathBuf>,
+}
+
+impl PartialPool {
+    fn keep(&mut self) {
+        self.files.clear();
+        self.dir = None;
+    }
+}
+
+impl Drop for PartialPool {
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 impl Pool {
     /// Create a pool in directory `dir` (created if missing; must be empty).
     pub fn create(dir: &Path, opts: &CreateOptions) -> Result<Pool> {
@@ -219,6 +246,7 @@ impl Pool {
                 "metadata size is above the 16 GiB maximum".into(),
             ));
         }
+        let mut partial = PartialPool::default();
         if dir.exists() {
             let non_empty = std::fs::read_dir(dir)
                 .map_err(io_err(dir, "read directory"))?
@@ -229,13 +257,20 @@ impl Pool {
             }
         } else {
             std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
+            partial.dir = Some(dir.to_path_buf());
         }
         let mpath = dir.join("metadata");
         let dpath = dir.join("data");
         let mdev = FileDev::create(&mpath).map_err(io_err(&mpath, "create"))?;
+        partial.files.push(mpath.clone());
         let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
         lock(&lockf, dir, true)?;
+        // Metadata takes its whole size on disk now: a commit must never fail because the
+        // filesystem filled up with data (only data writes may, and they fail cleanly).
+        mdev.preallocate(meta_blocks * BLOCK_SIZE as u64)
+            .map_err(io_err(&mpath, "reserve space for the metadata file"))?;
         let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
+        partial.files.push(dpath.clone());
         ddev.ensure_len(data_blocks * opts.block_size)
             .map_err(io_err(&dpath, "size data file"))?;
         let label = Label {
@@ -270,6 +305,7 @@ impl Pool {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir, "sync directory"))?;
+        partial.keep();
         Ok(pool)
     }
 
