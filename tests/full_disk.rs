@@ -47,6 +47,16 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A child process killed when dropped (a failing test must not leave its server behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -127,5 +137,66 @@ fn a_full_filesystem_fails_the_write_and_keeps_what_came_before() {
     thinpool(&["create", s(&pool), "w", "--size", "8M"]).ok();
     std::fs::write(src.path(), &data[..4 << 20]).unwrap();
     thinpool(&["write", s(&pool), "w", s(src.path())]).ok();
+    thinpool(&["check", s(&pool)]).ok();
+}
+
+/// Over NBD with a real client: a write that fills the filesystem fails with ENOSPC (not a
+/// generic I/O error), the space it took is given back at once, and the next write, once
+/// flushed, survives the server's stop.
+#[test]
+fn a_full_filesystem_under_a_served_pool() {
+    if !common::tools::have_tools(&["qemu-io"]) {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount("24M") else {
+        return;
+    };
+    let pool = fs.path("p");
+    thinpool(&[
+        "pool",
+        "create",
+        s(&pool),
+        "--size",
+        "1G",
+        "--metadata-size",
+        "8M",
+    ])
+    .ok();
+    thinpool(&["create", s(&pool), "v", "--size", "512M"]).ok();
+    let mut server = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", s(&pool)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = std::time::Instant::now();
+    while !pool.join("nbd.sock").exists() {
+        assert!(t0.elapsed().as_secs() < 20, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///v?socket={}", s(&pool.join("nbd.sock")));
+    let qemu_io = |cmds: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw", &uri]);
+        for x in cmds {
+            c.args(["-c", x]);
+        }
+        let o = c.output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let out = qemu_io(&["write -P 0xaa 0 30M"]);
+    assert!(out.contains("No space left on device"), "{out}");
+    let out = qemu_io(&["write -P 0xbb 0 1M", "flush"]);
+    assert!(out.contains("wrote 1048576/1048576"), "{out}");
+    Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let back = tempfile::NamedTempFile::new().unwrap();
+    thinpool(&["read", s(&pool), "v", "--length", "1M", s(back.path())]).ok();
+    assert!(std::fs::read(back.path()).unwrap() == vec![0xbb; 1 << 20]);
     thinpool(&["check", s(&pool)]).ok();
 }

@@ -322,6 +322,11 @@ impl Pool {
         for (_, t) in &plan.targets {
             if let Target::New { new, .. } = t {
                 self.tm.data_dec(DataBlock(*new))?;
+                // The allocator handed this block out free in the current transaction and
+                // in both protected records, so nothing maps it: give back at once whatever
+                // the failed write put there (after a full filesystem, that space is what
+                // the next write needs). Punching only reclaims space; a failure is harmless.
+                let _ = self.data.punch_hole(new * self.block_size, self.block_size);
             }
         }
         Ok(())

@@ -63,6 +63,12 @@ impl PoolError {
             | PoolError::Meta(MetaError::NoMetadataSpace) => libc::ENOSPC,
             PoolError::ReadOnlyVolume(_) | PoolError::Meta(MetaError::ReadOnly(_)) => libc::EPERM,
             PoolError::Meta(MetaError::FailStopped(_)) => libc::EIO,
+            // The filesystem under the data file is full (or over quota).
+            PoolError::DataIo { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                libc::ENOSPC
+            }
             PoolError::OutOfRange { .. } | PoolError::InvalidSize(_) => libc::EINVAL,
             _ => libc::EIO,
         }
