@@ -224,3 +224,39 @@ fn help_lists_every_command() {
         .text()
         .starts_with("thinpool "));
 }
+
+/// Space freed by one command goes back to the filesystem at the next command's commit
+/// (the freeing process exits before it may punch: the blocks are still in the protected
+/// window), so a data file never keeps the space of removed volumes or discarded ranges.
+#[test]
+fn freed_blocks_return_to_the_filesystem_at_the_next_commit() {
+    use std::os::unix::fs::MetadataExt;
+    let tp = TestPool::new("1G", "64K");
+    let allocated = || std::fs::metadata(tp.dir.join("data")).unwrap().blocks() * 512;
+    let img = tp.put("img", &pattern(3, 16 << 20));
+    tp.run(&["import", "{}", "a", &img]).ok();
+    tp.run(&["import", "{}", "b", &img]).ok();
+    let full = allocated();
+    assert!(full >= 32 << 20, "{full}");
+    tp.run(&["remove", "{}", "a"]).ok();
+    tp.run(&["discard", "{}", "b", "--offset", "0", "--length", "8M"])
+        .ok();
+    // The next command that commits punches what the previous one freed.
+    tp.run(&["create", "{}", "c", "--size", "1M"]).ok();
+    let after = allocated();
+    assert!(
+        after <= full - (16 << 20),
+        "{full} bytes before, {after} after removing a volume"
+    );
+    tp.run(&["create", "{}", "d", "--size", "1M"]).ok();
+    let last = allocated();
+    assert!(
+        last <= (8 << 20) + (1 << 20),
+        "{last} bytes for 8 MiB of data"
+    );
+    assert_eq!(
+        tp.read("b", 8 << 20, 8 << 20),
+        pattern(3, 16 << 20)[8 << 20..]
+    );
+    tp.check_clean();
+}

@@ -364,6 +364,46 @@ impl Tm {
         }
     }
 
+    /// Data blocks the last commit freed: count zero in S, not zero in S-1 (empty when the
+    /// record names no S-1). Only bitmap pages whose block differs between the two states
+    /// can hold one; both index trees are walked once, and only differing pages are read.
+    /// A process that reopens the pool punches these after its first commit, since the one
+    /// that freed them exited before it could (see `Pool::force_commit`).
+    pub fn data_freed_by_last_commit(&mut self) -> Result<Vec<u64>> {
+        let [Some(s), Some(prev)] = self.dsm.protected else {
+            return Ok(Vec::new());
+        };
+        if s == prev {
+            return Ok(Vec::new());
+        }
+        let mut pages = |root: BlockRef| -> Result<BTreeMap<u64, BlockRef>> {
+            let mut m = BTreeMap::new();
+            self.btree_walk(root, SM_INDEX, 0, u64::MAX, &mut |pi, v| {
+                m.insert(pi, decode_ref(v));
+                true
+            })?;
+            Ok(m)
+        };
+        let (now, before) = (pages(s)?, pages(prev)?);
+        let nr_blocks = self.dsm.nr_blocks;
+        let mut freed = Vec::new();
+        for (pi, r) in now {
+            let Some(&p) = before.get(&pi) else { continue };
+            if p.block == r.block {
+                continue;
+            }
+            let (a, b) = (self.read_page(r)?, self.read_page(p)?);
+            let base = pi * ENTRIES_PER_PAGE;
+            let n = (nr_blocks.saturating_sub(base)).min(ENTRIES_PER_PAGE) as usize;
+            freed.extend(
+                (0..n)
+                    .filter(|&i| spacemap::page_get(&a, i) == 0 && spacemap::page_get(&b, i) != 0)
+                    .map(|i| base + i as u64),
+            );
+        }
+        Ok(freed)
+    }
+
     /// Data blocks whose count is zero now but which a protected state still references.
     pub fn data_protected_pending(&self) -> bool {
         self.sm(SmKind::Data).protected.iter().any(|p| p.is_some())

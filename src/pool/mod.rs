@@ -120,6 +120,9 @@ pub struct Pool {
     report: Option<OpenReport>,
     /// Data blocks freed by the last commit's transaction, punched after the next commit.
     punch_next: Vec<u64>,
+    /// Opened read-write and not committed yet: the blocks the previous commit freed (by
+    /// a process that exited before punching them) are punched after the first commit.
+    punch_last_frees: bool,
     /// Owned by a [`SharedPool`]: never commit on its own.
     pub(crate) shared: bool,
 }
@@ -298,6 +301,7 @@ impl Pool {
             data_dirty: true,
             report: None,
             punch_next: Vec::new(),
+            punch_last_frees: false,
             shared: false,
         };
         pool.commit()?;
@@ -350,6 +354,7 @@ impl Pool {
             data_dirty: false,
             report: Some(report),
             punch_next: Vec::new(),
+            punch_last_frees: !opts.read_only,
             shared: false,
         })
     }
@@ -389,6 +394,7 @@ impl Pool {
             data_dirty: true,
             report: None,
             punch_next: Vec::new(),
+            punch_last_frees: false,
             shared: false,
         };
         pool.commit()?;
@@ -417,6 +423,7 @@ impl Pool {
             data_dirty: false,
             report: Some(report),
             punch_next: Vec::new(),
+            punch_last_frees: !opts.read_only,
             shared: false,
         })
     }
@@ -464,6 +471,12 @@ impl Pool {
             }
             self.data_dirty = false;
         }
+        // Before the commit moves the protected window: what the last commit freed.
+        let last_frees = if std::mem::take(&mut self.punch_last_frees) {
+            self.tm.data_freed_by_last_commit()?
+        } else {
+            Vec::new()
+        };
         self.tm.commit(
             [self.details_root, self.top_root],
             [self.next_id, self.time],
@@ -471,10 +484,11 @@ impl Pool {
         // Blocks freed in the previous transaction leave the protected window (S, S-1) with
         // this commit and nothing can have reused them yet: punch them now, so the data file
         // stays sparse without ever zeroing a block an older record still maps.
-        let leaving = std::mem::replace(
+        let mut leaving = std::mem::replace(
             &mut self.punch_next,
             std::mem::take(&mut self.tm.data_freed),
         );
+        leaving.extend(last_frees);
         for b in leaving {
             if self.tm.data_count(crate::meta::DataBlock(b))? == 0 {
                 // Punching only reclaims file space; a failure leaves correct data behind.
