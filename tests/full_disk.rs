@@ -61,52 +61,45 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `thinpool pool create POOL --size 1G --metadata-size METADATA`.
+fn pool_create(pool: &Path, metadata: &str) -> Out {
+    thinpool(&[
+        "pool",
+        "create",
+        s(pool),
+        "--size",
+        "1G",
+        "--metadata-size",
+        metadata,
+    ])
+}
+
+/// A 24 MiB tmpfs holding a pool of 1 GiB (8 MiB of metadata) with a 512 MiB volume `v`:
+/// the filesystem fills long before the pool does.
+fn pool_on_small_fs() -> Option<(Tmpfs, PathBuf)> {
+    let fs = Tmpfs::mount("24M")?;
+    let pool = fs.path("p");
+    pool_create(&pool, "8M").ok();
+    thinpool(&["create", s(&pool), "v", "--size", "512M"]).ok();
+    Some((fs, pool))
+}
+
 #[test]
 fn a_pool_that_does_not_fit_is_not_created() {
     let Some(fs) = Tmpfs::mount("4M") else { return };
     let pool = fs.path("p");
-    thinpool(&[
-        "pool",
-        "create",
-        s(&pool),
-        "--size",
-        "1G",
-        "--metadata-size",
-        "8M",
-    ])
-    .fails(1, "no space left on device");
+    pool_create(&pool, "8M").fails(1, "no space left on device");
     assert!(!pool.exists(), "a half-made pool was left behind");
     // A pool that fits is created on the same filesystem afterwards.
-    thinpool(&[
-        "pool",
-        "create",
-        s(&pool),
-        "--size",
-        "1G",
-        "--metadata-size",
-        "4M",
-    ])
-    .ok();
+    pool_create(&pool, "4M").ok();
     thinpool(&["check", s(&pool)]).ok();
 }
 
 #[test]
 fn a_full_filesystem_fails_the_write_and_keeps_what_came_before() {
-    let Some(fs) = Tmpfs::mount("24M") else {
+    let Some((_mounted, pool)) = pool_on_small_fs() else {
         return;
     };
-    let pool = fs.path("p");
-    thinpool(&[
-        "pool",
-        "create",
-        s(&pool),
-        "--size",
-        "1G",
-        "--metadata-size",
-        "8M",
-    ])
-    .ok();
-    thinpool(&["create", s(&pool), "v", "--size", "512M"]).ok();
     // More data than the filesystem holds (the input lives elsewhere).
     let src = tempfile::NamedTempFile::new().unwrap();
     let data = pattern(7, 40 << 20);
@@ -148,21 +141,9 @@ fn a_full_filesystem_under_a_served_pool() {
     if !common::tools::have_tools(&["qemu-io"]) {
         return;
     }
-    let Some(fs) = Tmpfs::mount("24M") else {
+    let Some((_mounted, pool)) = pool_on_small_fs() else {
         return;
     };
-    let pool = fs.path("p");
-    thinpool(&[
-        "pool",
-        "create",
-        s(&pool),
-        "--size",
-        "1G",
-        "--metadata-size",
-        "8M",
-    ])
-    .ok();
-    thinpool(&["create", s(&pool), "v", "--size", "512M"]).ok();
     let mut server = KillOnDrop(
         Command::new(BIN)
             .args(["serve", s(&pool)])
