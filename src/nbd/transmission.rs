@@ -14,10 +14,10 @@ use super::handshake::Session;
 use super::proto::*;
 use super::server::{Shared, Stream};
 use crate::pool::{PoolError, SharedPool};
+use crossbeam_channel::Receiver;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Workers per connection.
@@ -65,8 +65,9 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session) {
         used: Mutex::new(0),
         freed: Condvar::new(),
     });
-    let (tx, rx) = sync_channel::<Job>(WORKERS * 2);
-    let rx = Arc::new(Mutex::new(rx));
+    // Every worker waits on the channel itself (no lock around the receiver): a request
+    // wakes exactly one worker.
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(WORKERS * 2);
     let mut workers = Vec::with_capacity(WORKERS);
     for _ in 0..WORKERS {
         let (shared, sess, writer, budget, rx) = (
@@ -151,15 +152,11 @@ fn worker(
     sess: &Session,
     writer: &Mutex<Stream>,
     budget: &Budget,
-    rx: &Mutex<Receiver<Job>>,
+    rx: &Receiver<Job>,
 ) {
     loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            }
+        let Ok(job) = rx.recv() else {
+            return;
         };
         let handle = job.req.handle;
         let out = catch_unwind(AssertUnwindSafe(|| {
