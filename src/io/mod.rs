@@ -35,9 +35,10 @@ pub trait BlockDev: Send + Sync {
     }
     /// Deallocate a byte range; it reads as zeros afterwards.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
-    /// True only when `[offset, offset+len)` is known to read as zeros because nothing was
-    /// ever written there (a hole of a sparse file, or past its end); false when unknown.
-    /// Lets a partial write into a fresh block skip writing the zeros around it.
+    /// True only when `[offset, offset+len)` is known to read as zeros because nothing is
+    /// stored there (a hole of a sparse file: never written, or punched; or past its end);
+    /// false when unknown. Lets a partial write into a fresh block skip writing the zeros
+    /// around it.
     fn is_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
         Ok(false)
     }
