@@ -180,3 +180,30 @@ fn export_errors_are_clear() {
     tp.run(&["export-diff", "{}", "v", "-", "--from", "nosuch"])
         .fails(1, "no volume named 'nosuch'");
 }
+
+/// Output files never overwrite the pool's own files, whatever name reaches them (a symlink,
+/// `..`): `export`, `export-diff` and `read FILE` refuse, and the pool reads back intact.
+#[test]
+fn outputs_never_overwrite_the_pools_own_files() {
+    let tp = TestPool::new("64M", "64K");
+    tp.run(&["create", "{}", "v", "--size", "1M"]).ok();
+    let data = pattern(5, 1 << 20);
+    let f = tp.put("in", &data);
+    tp.run(&["write", "{}", "v", &f]).ok();
+    let link = tp.file("link-to-data");
+    std::os::unix::fs::symlink(tp.dir.join("data"), &link).unwrap();
+    let via_dots = format!("{}/../pool/metadata", tp.p());
+    for target in [
+        tp.dir.join("data").to_str().unwrap(),
+        link.to_str().unwrap(),
+        via_dots.as_str(),
+    ] {
+        tp.run(&["export", "{}", "v", target])
+            .fails(1, "this pool's");
+        tp.run(&["export-diff", "{}", "v", target])
+            .fails(1, "this pool's");
+        tp.run(&["read", "{}", "v", target]).fails(1, "this pool's");
+    }
+    assert_eq!(tp.read("v", 0, 1 << 20), data);
+    tp.check_clean();
+}

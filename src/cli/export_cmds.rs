@@ -3,7 +3,7 @@
 //! has no access to the caller's streams). Progress bars go to stderr when both stdout and
 //! stderr are terminals, never with `--json` or inside a server.
 
-use super::output::{print_json, print_table};
+use super::output::{create_output, print_json, print_table};
 use super::size::{format_size, parse_size};
 use super::Mode;
 use crate::export::{self, raw, DiffKind, ImportDiffOptions, ImportSource, Progress, RawSink};
@@ -164,8 +164,7 @@ pub fn export(a: &ExportArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) 
         let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
         export::export_raw(pool, id, RawSink::Stream(&mut w), &bar)?
     } else {
-        let f =
-            File::create(&a.file).with_context(|| format!("cannot create {}", a.file.display()))?;
+        let f = create_output(pool, &a.file)?;
         let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
         let stats = if regular {
             export::export_raw(pool, id, RawSink::File(&f), &bar)?
@@ -315,8 +314,7 @@ pub fn export_diff(
         let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
         export::export_diff(pool, id, from, &mut w, &bar)?
     } else {
-        let f =
-            File::create(&a.file).with_context(|| format!("cannot create {}", a.file.display()))?;
+        let f = create_output(pool, &a.file)?;
         let mut w = BufWriter::with_capacity(1 << 20, &f);
         let s = export::export_diff(pool, id, from, &mut w, &bar)?;
         drop(w);

@@ -1,6 +1,7 @@
 //! `thinpool write|read|discard`: the data path from the command line. Data streams in
 //! chunks (never whole files in memory); `write` and `discard` commit before they return.
 
+use super::output::create_output;
 use super::size::{format_size, parse_size};
 use super::Mode;
 use crate::pool::{Details, Pool, PoolError, VolumeId};
@@ -189,7 +190,7 @@ pub fn read(a: &ReadArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         copy_out(pool, id, a.offset, len, &mut stream, false)?;
         return Ok(());
     };
-    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f = create_output(pool, path)?;
     // Holes in the volume stay holes in a regular output file.
     let sparse = f.metadata().map(|m| m.is_file()).unwrap_or(false);
     copy_out(pool, id, a.offset, len, &mut f, sparse)

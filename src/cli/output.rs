@@ -3,9 +3,32 @@
 //! terminal and the server's control socket.
 
 use super::size::format_size;
-use crate::pool::{PoolInfo, VolumeInfo};
+use crate::pool::{Pool, PoolInfo, VolumeInfo};
+use anyhow::Context;
 use serde_json::{json, Value};
+use std::fs::File;
 use std::io::{self, Write};
+use std::path::Path;
+
+/// Create (or truncate) the output file `path` of a command on `pool`, refusing the pool's
+/// own `metadata` and `data` files (also through another name or a link): truncating one
+/// would destroy the pool.
+pub fn create_output(pool: &Pool, path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(target) = std::fs::metadata(path) {
+        for name in ["metadata", "data"] {
+            if let Ok(m) = std::fs::metadata(pool.dir().join(name)) {
+                if (m.dev(), m.ino()) == (target.dev(), target.ino()) {
+                    anyhow::bail!(
+                        "refusing to write to {}: it is this pool's {name} file",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    File::create(path).with_context(|| format!("cannot create {}", path.display()))
+}
 
 /// Print one JSON document and a newline.
 pub fn print_json(out: &mut dyn Write, v: &Value) -> io::Result<()> {
