@@ -4,6 +4,15 @@
 //! [`meta`] (block manager, COW B-tree, space maps, superblock journal) over [`io`] (block
 //! devices). The CLI in `src/cli` is a thin adapter over [`pool::Pool`].
 
+/// `eprintln!` that cannot panic: a message to a closed or broken stderr (say
+/// `thinpool ... 2>&1 | head -1`) is dropped instead of turning into a crash.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod check;
 pub mod cli;
 pub mod crash;

@@ -252,3 +252,42 @@ fn usage_errors_exit_2() {
     .fails(2, "cannot be used with");
     assert_eq!(tp.state(), before);
 }
+
+/// A closed stderr (`thinpool ... 2>&1 | head -1` after head exits) never turns a message
+/// into a panic: the error exits 1 as usual, and a server still starts and stops cleanly.
+#[test]
+fn a_closed_stderr_is_not_a_crash() {
+    use std::process::{Command, Stdio};
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Stdio::from(writer)
+    };
+    let tp = TestPool::new("64M", "64K");
+    let st = Command::new(BIN)
+        .args(["info", tp.p(), "nope"])
+        .stderr(closed())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1), "{st:?}");
+    let mut server = Command::new(BIN)
+        .args(["serve", tp.p()])
+        .stdout(Stdio::null())
+        .stderr(closed())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(tp.dir.join("control.sock")).is_err() {
+        if let Some(st) = server.try_wait().unwrap() {
+            panic!("serve exited at start: {st:?}");
+        }
+        assert!(t0.elapsed().as_secs() < 20, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let st = server.wait().unwrap();
+    assert!(st.success(), "serve with a closed stderr: {st:?}");
+}
