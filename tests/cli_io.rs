@@ -269,6 +269,9 @@ fn input_file_errors() {
     tp.run(&["write", "{}", "vm", missing.to_str().unwrap()])
         .fails(1, "cannot open");
     let dir = tp.tmp.path().to_str().unwrap().to_string();
-    tp.run(&["write", "{}", "vm", &dir]).fails(1, "directory");
+    tp.run(&["write", "{}", "vm", &dir]).fails(
+        1,
+        "nothing was written to 'vm': cannot read the input: is a directory",
+    );
     assert_eq!(tp.vol("vm")["mapped_blocks"], 0);
 }

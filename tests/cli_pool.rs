@@ -109,6 +109,11 @@ fn create_refuses_a_non_empty_directory() {
         b"keep me"
     );
     assert!(!tmp.path().join("metadata").exists());
+    // A regular file where the directory should be is named as such, and kept.
+    let file = tmp.path().join("precious");
+    thinpool(&["pool", "create", file.to_str().unwrap(), "--size", "1G"])
+        .fails(1, "already exists and is not an empty directory");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
 
 #[test]

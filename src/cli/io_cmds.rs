@@ -149,6 +149,7 @@ pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) ->
     if let Err(e) = result {
         // Make the prefix that did land durable, so the volume's state is well defined.
         let what = match pool.commit() {
+            Ok(()) if written == 0 => format!("nothing was written to '{}'", a.volume),
             Ok(()) => format!(
                 "write to '{}' stopped at offset {pos}: the {written} bytes before it are committed",
                 a.volume

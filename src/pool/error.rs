@@ -26,7 +26,9 @@ pub enum PoolError {
     InUse(PathBuf),
     #[error("{0} is not a thinpool pool (no metadata file)")]
     NotAPool(PathBuf),
-    #[error("{0} already exists and is not empty; choose a new directory for the pool")]
+    #[error(
+        "{0} already exists and is not an empty directory; choose a new directory for the pool"
+    )]
     Exists(PathBuf),
     #[error("no volume named '{0}' in this pool (see `thinpool list`)")]
     NoSuchVolume(String),

@@ -251,11 +251,14 @@ impl Pool {
         }
         let mut partial = PartialPool::default();
         if dir.exists() {
+            if !dir.is_dir() {
+                return Err(PoolError::Exists(dir.to_path_buf()));
+            }
             let non_empty = std::fs::read_dir(dir)
                 .map_err(io_err(dir, "read directory"))?
                 .next()
                 .is_some();
-            if non_empty || !dir.is_dir() {
+            if non_empty {
                 return Err(PoolError::Exists(dir.to_path_buf()));
             }
         } else {
