@@ -132,8 +132,10 @@ fn import_into_an_existing_name_is_refused() {
     // And the other input mistakes.
     tp.run(&["import", "{}", "n", &f, "--size", "64K"])
         .fails(1, "larger than the requested size");
-    tp.run_in(&["import", "{}", "n", "-"], Some(b""))
-        .fails(1, "empty");
+    let out = tp
+        .run_in(&["import", "{}", "n", "-"], Some(b""))
+        .fails(1, "import of 'n' failed: the input is empty");
+    assert_eq!(out.stderr.matches("import of").count(), 1, "{}", out.stderr);
     tp.run_in(
         &["import", "{}", "n", "-", "--size", "4K"],
         Some(&[1u8; 5000]),

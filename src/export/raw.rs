@@ -263,15 +263,22 @@ pub fn import_raw(
             size,
             data_bytes,
         }),
-        Err(e) => match pool.remove_volume(name) {
-            Ok(()) => Err(import_err(format!(
-                "{e}; the partly imported volume was removed"
-            ))),
-            Err(e2) => Err(import_err(format!(
-                "{e}; removing the partly imported volume also failed ({e2}): \
-                 remove it with `thinpool remove`"
-            ))),
-        },
+        Err(e) => {
+            // Name the import once, even when the cause is itself an import error.
+            let e = match e {
+                ExportError::Import { why, .. } => why,
+                e => e.to_string(),
+            };
+            match pool.remove_volume(name) {
+                Ok(()) => Err(import_err(format!(
+                    "{e}; the partly imported volume was removed"
+                ))),
+                Err(e2) => Err(import_err(format!(
+                    "{e}; removing the partly imported volume also failed ({e2}): \
+                     remove it with `thinpool remove`"
+                ))),
+            }
+        }
     }
 }
 
