@@ -118,3 +118,15 @@ fn management_through_the_control_socket() {
     assert_eq!(names, ["vm", "new", "snap"]);
     tp.check_clean();
 }
+
+/// `--export` names must exist when the server starts: a typo is refused at once (it
+/// would otherwise serve nothing and fail only when a client asks), leaving no sockets.
+#[test]
+fn serve_refuses_an_unknown_export() {
+    let tp = TestPool::new("64M", "64K");
+    tp.run(&["create", "{}", "v", "--size", "1M"]).ok();
+    tp.run(&["serve", "{}", "--export", "v", "--export", "vv"])
+        .fails(1, "no volume named 'vv'");
+    assert!(!tp.dir.join("nbd.sock").exists());
+    assert!(!tp.dir.join("control.sock").exists());
+}

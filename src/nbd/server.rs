@@ -272,12 +272,16 @@ pub fn run(
     stop: Arc<AtomicBool>,
     use_signals: bool,
 ) -> io::Result<()> {
-    let pool = Pool::open(&opts.pool_dir, &OpenOptions::default()).map_err(pool_err)?;
+    let mut pool = Pool::open(&opts.pool_dir, &OpenOptions::default()).map_err(pool_err)?;
     if pool.is_read_only() {
         return Err(io::Error::other(format!(
             "pool {} opened read-only; cannot serve it",
             opts.pool_dir.display()
         )));
+    }
+    // A mistyped --export would otherwise serve nothing and fail only at a client's GO.
+    for name in &opts.exports {
+        pool.volume_id(name).map_err(pool_err)?;
     }
     let tcp = match &opts.listen {
         Some(a) => Some(bind_tcp(a, opts.allow_remote)?),
