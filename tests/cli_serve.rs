@@ -125,8 +125,28 @@ fn management_through_the_control_socket() {
 fn serve_refuses_an_unknown_export() {
     let tp = TestPool::new("64M", "64K");
     tp.run(&["create", "{}", "v", "--size", "1M"]).ok();
-    tp.run(&["serve", "{}", "--export", "v", "--export", "vv"])
-        .fails(1, "no volume named 'vv'");
+    // Spawned with a deadline: a server that does start must not hang the test.
+    let mut child = Command::new(BIN)
+        .args(["serve", tp.p(), "--export", "v", "--export", "vv"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started with an unknown --export instead of refusing it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("no volume named 'vv'"), "{err}");
     assert!(!tp.dir.join("nbd.sock").exists());
     assert!(!tp.dir.join("control.sock").exists());
 }
