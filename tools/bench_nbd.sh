@@ -34,15 +34,15 @@ run() { # uri rw bs
 }
 printf '%-14s %-26s %-26s %s\n' workload "thinpool serve" "qemu-nbd writeback" \
   "qemu-nbd O_DIRECT"
+row() { # label thin-export qemu-socket direct-socket rw bs: one workload on all three
+  t=$(run "nbd+unix:///$2?socket=$work/pool/nbd.sock" "$5" "$6")
+  q=$(run "nbd+unix:///?socket=$work/$3.sock" "$5" "$6")
+  d=$(run "nbd+unix:///?socket=$work/$4.sock" "$5" "$6")
+  printf '%-14s %-26s %-26s %s\n' "$1" "$t" "$q" "$d"
+}
 # First-touch random writes (into never-written blocks of the thin volume and sparse files).
-t=$(run "nbd+unix:///fresh?socket=$work/pool/nbd.sock" randwrite 4k)
-q=$(run "nbd+unix:///?socket=$work/fq.sock" randwrite 4k)
-d=$(run "nbd+unix:///?socket=$work/fd.sock" randwrite 4k)
-printf '%-14s %-26s %-26s %s\n' "fresh rw 4k" "$t" "$q" "$d"
+row "fresh rw 4k" fresh fq fd randwrite 4k
 for w in "write 1M" "randwrite 4k" "randread 4k" "read 1M"; do
   set -- $w
-  t=$(run "nbd+unix:///vol?socket=$work/pool/nbd.sock" "$1" "$2")
-  q=$(run "nbd+unix:///?socket=$work/qemu.sock" "$1" "$2")
-  d=$(run "nbd+unix:///?socket=$work/direct.sock" "$1" "$2")
-  printf '%-14s %-26s %-26s %s\n' "$1 $2" "$t" "$q" "$d"
+  row "$1 $2" vol qemu direct "$1" "$2"
 done
