@@ -150,3 +150,92 @@ fn serve_refuses_an_unknown_export() {
     assert!(!tp.dir.join("nbd.sock").exists());
     assert!(!tp.dir.join("control.sock").exists());
 }
+
+/// Runs `thinpool serve POOL --socket SOCK` expecting a refusal: exit 1 within 20 s, with
+/// `needle` in its message. Returns stderr.
+fn serve_refused(tp: &TestPool, sock: &std::path::Path, needle: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["serve", tp.p(), "--socket", sock.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            panic!("serve started on {} instead of refusing it", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(!tp.dir.join("control.sock").exists(), "{err}");
+    err
+}
+
+/// `--socket` never replaces anything but a stale socket: not the pool's own files (this
+/// once deleted the metadata, and every volume with it), not a user's file, directory or
+/// symlink, and not a socket a live server accepts on.
+#[test]
+fn serve_socket_never_replaces_a_file() {
+    let tp = TestPool::new("16M", "4K");
+    tp.run(&["create", "{}", "v", "--size", "1M"]).ok();
+    let data = pattern(7, 64 << 10);
+    tp.run(&["write", "{}", "v", &tp.put("in.bin", &data)]).ok();
+    let meta_before = std::fs::read(tp.dir.join("metadata")).unwrap();
+
+    serve_refused(&tp, &tp.dir.join("metadata"), "pool's own");
+    serve_refused(&tp, &tp.dir.join("data"), "pool's own");
+    assert_eq!(std::fs::read(tp.dir.join("metadata")).unwrap(), meta_before);
+
+    let user = tp.file("notes.txt");
+    std::fs::write(&user, b"keep me").unwrap();
+    serve_refused(&tp, &user, "not a socket");
+    assert_eq!(std::fs::read(&user).unwrap(), b"keep me");
+
+    let link = tp.file("link.sock");
+    std::os::unix::fs::symlink(&user, &link).unwrap();
+    serve_refused(&tp, &link, "not a socket");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&user).unwrap(), b"keep me");
+
+    let d = tp.file("adir");
+    std::fs::create_dir(&d).unwrap();
+    serve_refused(&tp, &d, "not a socket");
+    assert!(d.is_dir());
+
+    // A live listener is in use; the server does not steal its path.
+    let live = tp.file("live.sock");
+    let l = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    serve_refused(&tp, &live, "in use");
+    drop(l);
+
+    // The server's control socket is not a place for the NBD socket either.
+    serve_refused(&tp, &tp.dir.join("control.sock"), "control socket");
+
+    assert_eq!(tp.read("v", 0, data.len() as u64), data);
+    tp.check_clean();
+}
+
+/// A socket left behind by a server that died (nobody accepts on it) is replaced, and the
+/// server removes its own socket when it stops.
+#[test]
+fn serve_replaces_a_stale_socket() {
+    let tp = TestPool::new("16M", "4K");
+    let sock = tp.file("nbd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let server = Server::start(&tp);
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    server.stop();
+    assert!(!sock.exists());
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub struct ServeArgs {
     /// Pool directory
     pub pool: PathBuf,
-    /// Unix socket to listen on (default: POOL/nbd.sock)
+    /// Unix socket to listen on (default: POOL/nbd.sock); only a stale socket there is replaced
     #[arg(long, conflicts_with = "listen")]
     pub socket: Option<PathBuf>,
     /// TCP address to listen on, ADDR:PORT (loopback only unless --allow-remote)

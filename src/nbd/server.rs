@@ -19,7 +19,7 @@ use crate::pool::{OpenOptions, Pool, PoolError, SharedPool, VolumeId};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -205,34 +205,149 @@ pub fn signalled() -> bool {
     crate::io::sys::stop_requested()
 }
 
+/// A unix socket this process bound. Only the socket it made is removed at shutdown: if
+/// something else has taken the path since, it is left alone.
+struct BoundSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket this process created.
+    id: (u64, u64),
+}
+
+impl BoundSocket {
+    fn remove(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.file_type().is_socket() && (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// (device, inode) of what `path` names after symlinks, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Make room for a socket at `path`: nothing there, or a stale socket (one nobody accepts
+/// on), which is removed. Anything else — a regular file, a directory, a symlink, a device,
+/// a socket a live server accepts on — is refused: a server never deletes what it did not
+/// create (docs/nbd.md, "Sockets").
+fn clear_stale_socket(path: &Path) -> io::Result<()> {
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    };
+    if !m.file_type().is_socket() {
+        let what = if m.is_symlink() {
+            "a symlink"
+        } else if m.is_dir() {
+            "a directory"
+        } else if m.is_file() {
+            "a regular file"
+        } else {
+            "a special file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket ({what}); refusing to replace it: remove it                  yourself or choose another --socket",
+                path.display()
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by another server", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            // A socket left behind by a server that died. Remove it only if it is still
+            // the same socket (nothing replaced it in between).
+            let now = std::fs::symlink_metadata(path)?;
+            if now.file_type().is_socket() && (now.dev(), now.ino()) == (m.dev(), m.ino()) {
+                std::fs::remove_file(path)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{} exists and cannot be checked: {e}", path.display()),
+        )),
+    }
+}
+
 /// Bind a unix socket readable only by its owner. It is bound under a temporary name and
 /// renamed into place, so the final path never exists with looser permissions and appears
 /// only once it accepts connections.
-fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by another server", path.display()),
-            ));
-        }
-        // A socket left behind by a server that died: nobody listens on it.
-        std::fs::remove_file(path)?;
-    }
+fn bind_unix(path: &Path) -> io::Result<BoundSocket> {
+    clear_stale_socket(path)?;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
+    tmp.push(format!(
+        ".tmp{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
+    // bind(2) never replaces an existing file: a name collision is an error, not a loss.
     let l = UnixListener::bind(&tmp)
         .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", tmp.display())))?;
     let res = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+        .and_then(|_| std::fs::symlink_metadata(&tmp))
+        .and_then(|m| {
+            // rename(2) would replace whatever appeared at `path` since it was checked;
+            // link(2) refuses to, so the socket is linked into place and the temporary
+            // name unlinked.
+            std::fs::hard_link(&tmp, path)
+                .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
+            Ok((m.dev(), m.ino()))
+        });
+    let _ = std::fs::remove_file(&tmp);
+    let id = res?;
     l.set_nonblocking(true)?;
-    Ok(l)
+    Ok(BoundSocket {
+        listener: l,
+        path: path.to_path_buf(),
+        id,
+    })
+}
+
+/// Refuse an NBD socket path that names one of the pool's own files or its control socket.
+fn check_socket_path(pool_dir: &Path, path: &Path, ctl_path: &Path) -> io::Result<()> {
+    let target = file_id(path);
+    for name in ["metadata", "data"] {
+        let own = pool_dir.join(name);
+        if same_path(path, &own) || (target.is_some() && target == file_id(&own)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "--socket {} is the pool's own {name} file; refusing to touch it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    if same_path(path, ctl_path) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--socket {} is the server's control socket; choose another path",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// True when `a` and `b` name the same directory entry (their parents resolved).
+fn same_path(a: &Path, b: &Path) -> bool {
+    let entry = |p: &Path| -> Option<PathBuf> {
+        let abs = std::path::absolute(p).ok()?;
+        let parent = abs.parent()?.canonicalize().ok()?;
+        Some(parent.join(abs.file_name()?))
+    };
+    matches!((entry(a), entry(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Parse and check `--listen`: loopback only unless remote access was allowed.
@@ -292,14 +407,16 @@ pub fn run(
         .clone()
         .unwrap_or_else(|| opts.pool_dir.join("nbd.sock"));
     let ctl_path = opts.pool_dir.join(control::SOCKET_NAME);
-    let nbd = bind_unix(&nbd_path)?;
-    let ctl = match bind_unix(&ctl_path) {
+    check_socket_path(&opts.pool_dir, &nbd_path, &ctl_path)?;
+    let nbd_sock = bind_unix(&nbd_path)?;
+    let ctl_sock = match bind_unix(&ctl_path) {
         Ok(l) => l,
         Err(e) => {
-            let _ = std::fs::remove_file(&nbd_path);
+            nbd_sock.remove();
             return Err(e);
         }
     };
+    let (nbd, ctl) = (&nbd_sock.listener, &ctl_sock.listener);
     let shared = Arc::new(Shared {
         pool: SharedPool::new(pool),
         exports: opts.exports.clone(),
@@ -391,11 +508,11 @@ pub fn run(
 
     // Shutdown: no new connections; readers see EOF, workers finish what was read.
     shared.stop.store(true, Ordering::SeqCst);
-    drop(nbd);
-    drop(ctl);
     drop(tcp);
-    let _ = std::fs::remove_file(&nbd_path);
-    let _ = std::fs::remove_file(&ctl_path);
+    nbd_sock.remove();
+    ctl_sock.remove();
+    drop(nbd_sock);
+    drop(ctl_sock);
     for s in shared
         .conns
         .lock()
