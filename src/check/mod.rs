@@ -28,9 +28,20 @@ use crate::pool::details::{Details, DETAILS, DETAILS_SIZE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Check the pool whose metadata and data devices are given (`data_len` only bounds
-/// mappings). `at_seq` checks an older record instead of the newest usable one.
+/// Check a pool's metadata alone. `at_seq` checks an older record instead of the newest
+/// usable one.
 pub fn check(meta: Arc<dyn BlockDev>, at_seq: Option<u64>) -> Report {
+    check_inner(meta, None, at_seq)
+}
+
+/// Check a pool's metadata and the length of its data device: a mapped block whose end lies
+/// past `data_len` is an error (the data file was truncated or replaced; it would read as
+/// zeros).
+pub fn check_with_data(meta: Arc<dyn BlockDev>, data_len: u64, at_seq: Option<u64>) -> Report {
+    check_inner(meta, Some(data_len), at_seq)
+}
+
+fn check_inner(meta: Arc<dyn BlockDev>, data_len: Option<u64>, at_seq: Option<u64>) -> Report {
     let mut rep = Report::default();
     let (tm, open) = match Tm::open_at(meta.clone(), 256, true, at_seq) {
         Ok(x) => x,
@@ -51,6 +62,7 @@ pub fn check(meta: Arc<dyn BlockDev>, at_seq: Option<u64>) -> Report {
         meta_refs: vec![0u32; rec.meta_blocks as usize],
         data_refs: vec![0u8; rec.data_blocks as usize],
         data_big: HashMap::new(),
+        data_len,
         memo: HashMap::new(),
         rep,
     };
@@ -90,6 +102,8 @@ struct Checker {
     meta_refs: Vec<u32>,
     data_refs: Vec<u8>,
     data_big: HashMap<u64, u64>,
+    /// Length of the data device, when it is checked too.
+    data_len: Option<u64>,
     /// Entries below each visited node (for per-volume mapped counts of shared subtrees).
     memo: HashMap<u64, u64>,
     rep: Report,
@@ -186,6 +200,7 @@ impl Checker {
                 _ => {}
             }
         }
+        self.data_past_end(bs);
         for (id, d) in &coll.details {
             if !coll.dev_roots.contains_key(id) {
                 self.rep.error(
@@ -271,6 +286,28 @@ impl Checker {
     fn add_meta_ref(&mut self, b: MetaBlock) {
         if let Some(x) = self.meta_refs.get_mut(b.0 as usize) {
             *x += 1;
+        }
+    }
+
+    /// Mapped data blocks whose end lies past the end of the data device.
+    fn data_past_end(&mut self, bs: u64) {
+        let Some(len) = self.data_len else { return };
+        let first = len / bs;
+        let past: Vec<u64> = (first..self.data_refs.len() as u64)
+            .filter(|&b| self.data_refs[b as usize] != 0)
+            .collect();
+        if let (Some(lo), Some(hi)) = (past.first(), past.last()) {
+            self.rep.error(
+                "data",
+                None,
+                "data file",
+                format!(
+                    "{} mapped blocks lie past the end of the data file ({len} bytes): data \
+                     blocks {lo} to {hi} would read as zeros; the data file was truncated or \
+                     replaced",
+                    past.len()
+                ),
+            );
         }
     }
 

@@ -27,7 +27,12 @@ pub struct CheckArgs {
 
 /// Check the metadata of an open pool (inside `thinpool serve`).
 pub fn check(a: &CheckArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {
-    report(a, check::check(pool.metadata_dev(), a.seq), out)
+    let data_len = pool.data_len();
+    report(
+        a,
+        check::check_with_data(pool.metadata_dev(), data_len, a.seq),
+        out,
+    )
 }
 
 /// Check a pool's metadata file directly, under a shared lock (so not while a process has the
@@ -47,7 +52,21 @@ pub fn check_local(a: &CheckArgs, out: &mut dyn Write) -> Result<()> {
             a.pool.display()
         );
     }
-    report(a, check::check(Arc::new(dev), a.seq), out)
+    let dpath = a.pool.join("data");
+    let r = match FileDev::open(&dpath, false) {
+        Ok(d) => check::check_with_data(Arc::new(dev), crate::io::BlockDev::len(&d), a.seq),
+        Err(e) => {
+            let mut r = check::check(Arc::new(dev), a.seq);
+            r.error(
+                "data",
+                None,
+                "data file",
+                format!("cannot open {}: {e}", dpath.display()),
+            );
+            r
+        }
+    };
+    report(a, r, out)
 }
 
 fn report(a: &CheckArgs, r: check::Report, out: &mut dyn Write) -> Result<()> {

@@ -194,7 +194,10 @@ pub fn run_kill(cfg: &KillConfig) -> Result<KillReport, String> {
 fn verify_round(dir: &Path, oracle: &mut Oracle, rep: &mut KillReport) -> Result<(), String> {
     let meta: Arc<dyn BlockDev> =
         Arc::new(FileDev::open(&dir.join("metadata"), false).map_err(|e| e.to_string())?);
-    let r = check::check(meta, None);
+    let data_len = FileDev::open(&dir.join("data"), false)
+        .map_err(|e| e.to_string())?
+        .len();
+    let r = check::check_with_data(meta, data_len, None);
     if !r.is_clean() {
         let errs: Vec<String> = r.errors().take(5).map(|f| f.to_string()).collect();
         rep.violations

@@ -16,9 +16,39 @@ pub struct FileDev {
 }
 
 impl FileDev {
-    /// Open an existing file or block device.
+    /// Open an existing regular file or block device. Anything else (a FIFO, a character
+    /// device such as `/dev/null`, a socket, a directory) is refused: it would block the
+    /// open, read zeros or lose writes. The open itself never blocks (`O_NONBLOCK`, cleared
+    /// once the file is known to be a regular file or block device).
     pub fn open(path: &Path, writable: bool) -> io::Result<FileDev> {
-        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let ft = file.metadata()?.file_type();
+        if !(ft.is_file() || ft.is_block_device()) {
+            let what = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_dir() {
+                "a directory"
+            } else {
+                "a special file"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is {what}, not a regular file or block device",
+                    path.display()
+                ),
+            ));
+        }
+        super::sys::clear_nonblock(&file)?;
         Self::from_file(file)
     }
 

@@ -27,6 +27,24 @@ pub fn seek_data_or_hole(f: &File, from: u64, data: bool) -> io::Result<Option<u
     Ok(Some(r as u64))
 }
 
+/// Clear `O_NONBLOCK` on an open file (set only so that opening a FIFO could not block).
+pub fn clear_nonblock(f: &File) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL only reads and writes the fd's status flags; the
+    // fd stays open for both calls.
+    let rc = unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+        }
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_sig: libc::c_int) {

@@ -404,6 +404,34 @@ impl Tm {
         Ok(freed)
     }
 
+    /// The highest data block numbered `from` or above with a non-zero reference count in
+    /// the current state, or `None`. Reads only the bitmap pages from `from` up, skipping
+    /// pages with no used entry by their free count (open uses it to find mapped blocks
+    /// past the end of a short data file).
+    pub fn highest_used_data_block(&mut self, from: u64) -> Result<Option<u64>> {
+        let nr_blocks = self.dsm.nr_blocks;
+        if from >= nr_blocks {
+            return Ok(None);
+        }
+        for pi in (from / ENTRIES_PER_PAGE..self.dsm.nr_pages()).rev() {
+            let base = pi * ENTRIES_PER_PAGE;
+            let n = (nr_blocks - base).min(ENTRIES_PER_PAGE);
+            let pr = self.page_ref(SmKind::Data, pi)?;
+            let page = self.read_page(pr)?;
+            if u64::from(spacemap::page_nr_free(&page)) >= n {
+                continue;
+            }
+            let lo = from.saturating_sub(base) as usize;
+            if let Some(i) = (lo..n as usize)
+                .rev()
+                .find(|&i| spacemap::page_get(&page, i) != 0)
+            {
+                return Ok(Some(base + i as u64));
+            }
+        }
+        Ok(None)
+    }
+
     /// Data blocks whose count is zero now but which a protected state still references.
     pub fn data_protected_pending(&self) -> bool {
         self.sm(SmKind::Data).protected.iter().any(|p| p.is_some())

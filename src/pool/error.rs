@@ -22,6 +22,13 @@ pub enum PoolError {
         #[source]
         source: io::Error,
     },
+    #[error("data file {path} is {len} bytes, but data block {block} is mapped and needs {need}: the data file was truncated or replaced by another file; restore it (`thinpool check` lists what lies past its end)")]
+    DataTooShort {
+        path: PathBuf,
+        len: u64,
+        block: u64,
+        need: u64,
+    },
     #[error("pool {0} is in use: another process has it open read-write (stop that process, or send commands through its `thinpool serve`)")]
     InUse(PathBuf),
     #[error("{0} is not a thinpool pool (no metadata file)")]

@@ -336,8 +336,22 @@ impl Pool {
         let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
         let (tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
         let ([details_root, top_root], [next_id, time]) = tm.user_state();
+        let mut tm = tm;
         let block_size = tm.label.data_block_size;
         let need = tm.dsm.nr_blocks * block_size;
+        if ddev.len() < need {
+            // Mapped data past the end of the file would read as zeros: the file was
+            // truncated or replaced, and the pool does not open (dm-thin likewise refuses
+            // a data device smaller than its metadata says).
+            if let Some(b) = tm.highest_used_data_block(ddev.len() / block_size)? {
+                return Err(PoolError::DataTooShort {
+                    path: dpath,
+                    len: ddev.len(),
+                    block: b,
+                    need: (b + 1) * block_size,
+                });
+            }
+        }
         if ddev.len() < need && writable {
             // A sparse data file that lost its tail (e.g. copied without sparseness) is
             // restored to its size; reads past the end were zeros anyway.
@@ -591,6 +605,11 @@ impl Pool {
     #[doc(hidden)]
     pub fn set_broken_commit_order(&mut self, on: bool) {
         self.tm.broken_commit_order = on;
+    }
+
+    /// Current length of the data device in bytes.
+    pub fn data_len(&self) -> u64 {
+        self.data.len()
     }
 
     /// The metadata device (the checker reads it directly).

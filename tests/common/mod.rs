@@ -199,7 +199,12 @@ impl TestPool {
     /// Run the library's checker on the pool's metadata; panics with its findings if any.
     pub fn check_clean(&self) {
         let dev = thinpool::io::FileDev::open(&self.dir.join("metadata"), false).unwrap();
-        let report = thinpool::check::check(std::sync::Arc::new(dev), None);
+        let data = thinpool::io::FileDev::open(&self.dir.join("data"), false).unwrap();
+        let report = thinpool::check::check_with_data(
+            std::sync::Arc::new(dev),
+            thinpool::io::BlockDev::len(&data),
+            None,
+        );
         assert!(
             report.is_clean(),
             "checker found errors: {}",

@@ -1,0 +1,182 @@
+//! Pool files that were truncated, substituted or replaced by something that is not a file
+//! (issue 10, items 2 and 9): every command says so and exits non-zero; nothing reads zeros
+//! where data is mapped, nothing hangs.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A 64K-block pool with 3 MiB written to 'v' (48 mapped blocks, 0..3 MiB of the data file).
+fn pool_with_data() -> (TestPool, Vec<u8>) {
+    let tp = TestPool::new("64M", "64K");
+    tp.run(&["create", "{}", "v", "--size", "8M"]).ok();
+    let data = pattern(3, 3 << 20);
+    tp.run(&["write", "{}", "v", &tp.put("in.bin", &data)]).ok();
+    (tp, data)
+}
+
+/// Every way of looking at the pool fails with `needle`; none reads zeros.
+fn every_command_refuses(tp: &TestPool, needle: &str) {
+    let out = tp.run(&["check", "{}"]).fails(1, "check found");
+    assert!(out.text().contains(needle), "check: {}", out.text());
+    let j = tp.run(&["check", "{}", "--json"]);
+    assert_eq!(j.code, 1);
+    assert_eq!(j.json()["clean"], false);
+    tp.run(&["read", "{}", "v", "--length", "64K"])
+        .fails(1, needle);
+    tp.run(&["list", "{}"]).fails(1, needle);
+    tp.run(&["export", "{}", "v", "-"]).fails(1, needle);
+    tp.run(&["write", "{}", "v", &tp.put("w.bin", b"x")])
+        .fails(1, needle);
+    // A server must not start on it either.
+    let st = Command::new(BIN)
+        .args([
+            "serve",
+            tp.p(),
+            "--socket",
+            tp.file("s.sock").to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+}
+
+#[test]
+fn a_truncated_data_file_is_damage() {
+    let (tp, _) = pool_with_data();
+    let dpath = tp.dir.join("data");
+    let full = std::fs::read(&dpath).unwrap();
+    for len in [0u64, 1, 4095, 65537, 1 << 20, (2 << 20) + 3, (3 << 20) - 1] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dpath)
+            .unwrap();
+        f.set_len(len).unwrap();
+        drop(f);
+        every_command_refuses(&tp, "data file");
+        // Refusing changed nothing: the file was not silently grown back.
+        assert_eq!(std::fs::metadata(&dpath).unwrap().len(), len);
+        std::fs::write(&dpath, &full).unwrap();
+    }
+    tp.check_clean();
+}
+
+#[test]
+fn check_names_the_blocks_past_the_end() {
+    let (tp, _) = pool_with_data();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tp.dir.join("data"))
+        .unwrap();
+    f.set_len(1 << 20).unwrap();
+    let j = tp.run(&["check", "{}", "--json"]).json();
+    let msgs: Vec<String> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| f["message"].as_str().unwrap().to_string())
+        .collect();
+    // Blocks 16..48 of 'v' lie past the 1 MiB end: 32 blocks.
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("32 mapped blocks") && m.contains("past the end")),
+        "{msgs:?}"
+    );
+}
+
+/// A data file longer than every mapped block but shorter than the pool (its unmapped tail
+/// lost, e.g. by a copy that dropped trailing holes) is not damage: a read-write open
+/// restores its size, and the data reads back.
+#[test]
+fn a_data_file_missing_only_unmapped_tail_still_opens() {
+    let (tp, data) = pool_with_data();
+    let dpath = tp.dir.join("data");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dpath)
+        .unwrap();
+    f.set_len(3 << 20).unwrap();
+    drop(f);
+    tp.run(&["check", "{}"]).ok();
+    assert_eq!(tp.read("v", 0, 3 << 20), data);
+    tp.run(&["create", "{}", "w", "--size", "1M"]).ok();
+    assert_eq!(std::fs::metadata(&dpath).unwrap().len(), 64 << 20);
+    tp.check_clean();
+}
+
+#[test]
+fn data_replaced_by_a_character_device_is_refused() {
+    let (tp, _) = pool_with_data();
+    let dpath = tp.dir.join("data");
+    std::fs::rename(&dpath, tp.file("data.saved")).unwrap();
+    for dev in ["/dev/null", "/dev/zero"] {
+        std::os::unix::fs::symlink(dev, &dpath).unwrap();
+        every_command_refuses(&tp, "not a regular file or block device");
+        std::fs::remove_file(&dpath).unwrap();
+    }
+    std::fs::rename(tp.file("data.saved"), &dpath).unwrap();
+    tp.check_clean();
+}
+
+/// Runs `thinpool ARGS` with a deadline; a command that hangs fails the test.
+fn run_with_deadline(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`thinpool {}` hung", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Both streams: `check` prints its findings to stdout.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
+    (st.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_fifo_in_place_of_a_pool_file_is_refused_not_waited_on() {
+    let (tp, _) = pool_with_data();
+    for name in ["metadata", "data"] {
+        let path = tp.dir.join(name);
+        let saved = tp.file("saved");
+        std::fs::rename(&path, &saved).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for args in [
+            vec!["list", tp.p()],
+            vec!["read", tp.p(), "v", "--length", "4K"],
+            vec!["check", tp.p()],
+            vec!["pool", "info", tp.p()],
+        ] {
+            let (code, err) = run_with_deadline(&args);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(
+                err.contains("not a regular file or block device"),
+                "{args:?}: {err}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::rename(&saved, &path).unwrap();
+    }
+    tp.check_clean();
+}
