@@ -180,3 +180,97 @@ fn a_fifo_in_place_of_a_pool_file_is_refused_not_waited_on() {
     }
     tp.check_clean();
 }
+
+/// The newest record (highest valid seq in the journal): its seq and root block numbers.
+fn newest_record(meta: &[u8]) -> (u64, Vec<u64>) {
+    let u32_at = |o: usize| u32::from_le_bytes(meta[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(meta[o..o + 8].try_into().unwrap());
+    let mut best = (0, Vec::new());
+    for b in 1..=128usize {
+        let o = b * 4096;
+        if u32_at(o + 4) == 0x7470_7372 && u64_at(o + 64) > best.0 {
+            let roots = (0..6).map(|i| u64_at(o + 128 + 24 * i)).collect();
+            best = (u64_at(o + 64), roots);
+        }
+    }
+    best
+}
+
+/// Issue 10 item 5: damage to the trees of the newest (valid) record is damage to an
+/// acknowledged commit. It once rolled back an exit-0 `discard` without a word. Now `check`
+/// exits 1 naming it, read-only commands warn, read-write opens refuse until `--rewind`.
+#[test]
+fn a_damaged_newest_commit_is_not_rolled_back_silently() {
+    let tp = TestPool::new("64M", "64K");
+    tp.run(&["create", "{}", "v", "--size", "1M"]).ok();
+    let data = pattern(9, 64 << 10);
+    tp.run(&["write", "{}", "v", &tp.put("in.bin", &data)]).ok();
+    tp.run(&["discard", "{}", "v"]).ok();
+    assert_eq!(tp.read("v", 0, 64 << 10), vec![0u8; 64 << 10]);
+
+    let mpath = tp.dir.join("metadata");
+    let mut meta = std::fs::read(&mpath).unwrap();
+    let (seq, roots) = newest_record(&meta);
+    // A root block the newest commit wrote (its generation is that seq).
+    let root = *roots
+        .iter()
+        .find(|&&b| {
+            let o = b as usize * 4096 + 16;
+            u64::from_le_bytes(meta[o..o + 8].try_into().unwrap()) == seq
+        })
+        .expect("the newest commit wrote a root");
+    meta[root as usize * 4096 + 300] ^= 0x20;
+    std::fs::write(&mpath, &meta).unwrap();
+
+    let out = tp.run(&["check", "{}"]).fails(1, "check found");
+    let text = out.text();
+    assert!(
+        text.contains(&format!("seq {seq}")) && text.contains("--rewind"),
+        "{text}"
+    );
+
+    // Read-only: the older commit, with a warning.
+    let out = tp.run(&["read", "{}", "v", "--length", "64K"]).ok();
+    assert_eq!(out.stdout, data);
+    assert!(
+        out.stderr.contains("warning") && out.stderr.contains("damaged"),
+        "{}",
+        out.stderr
+    );
+
+    // Read-write: refused, nothing written.
+    tp.run(&["create", "{}", "w", "--size", "1M"])
+        .fails(1, "--rewind");
+    tp.run(&["write", "{}", "v", &tp.put("x.bin", b"x")])
+        .fails(1, "--rewind");
+    let st = Command::new(BIN)
+        .args([
+            "serve",
+            tp.p(),
+            "--socket",
+            tp.file("s.sock").to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(std::fs::read(&mpath).unwrap(), meta, "a refused open wrote");
+
+    // With consent: the rewind is recorded by a commit, and the pool is whole again.
+    let out = tp
+        .run(&["create", "{}", "w", "--size", "1M", "--rewind"])
+        .ok();
+    assert!(out.stderr.contains("rewound"), "{}", out.stderr);
+    let out = tp.run(&["list", "{}"]).ok();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    tp.run(&["check", "{}"]).ok();
+    assert_eq!(
+        tp.read("v", 0, 64 << 10),
+        data,
+        "the rewind lost the discard"
+    );
+    tp.check_clean();
+}

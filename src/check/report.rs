@@ -187,23 +187,18 @@ pub(crate) fn journal_findings(rep: &mut Report, open: &OpenReport) {
             );
         }
     }
-    if open.chosen_seq != open.newest_valid_seq {
-        rep.warning(
+    if let Some(r) = open.rewound() {
+        // A valid record whose trees fail verification is damage to an acknowledged
+        // commit: the pool opens read-write only with --rewind.
+        rep.error(
             "journal",
             None,
-            "",
+            &format!("seq {}", r.newest),
             format!(
-                "newest valid record is seq {}, but its trees are damaged; fell back to seq {}",
-                open.newest_valid_seq, open.chosen_seq
+                "{r}: the pool opens read-write only with --rewind, which loses what seq {} \
+                 acknowledged",
+                r.newest
             ),
-        );
-    }
-    for (seq, why) in &open.skipped {
-        rep.warning(
-            "journal",
-            None,
-            &format!("seq {seq}"),
-            format!("record skipped: {why}"),
         );
     }
 }

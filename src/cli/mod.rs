@@ -43,6 +43,11 @@ pub use volume_cmds::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Open the pool even though its newest commit is damaged, rewinding to the newest
+    /// intact commit (what the damaged commit acknowledged is lost; `thinpool check` shows
+    /// it). Without it such a pool opens only read-only, with a warning
+    #[arg(long, global = true)]
+    pub rewind: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,7 +208,9 @@ pub fn main() -> ExitCode {
         .collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let code = match run(&cli.command, &argv, &mut out).and_then(|c| Ok(out.flush().map(|()| c)?)) {
+    let code = match run(&cli.command, cli.rewind, &argv, &mut out)
+        .and_then(|c| Ok(out.flush().map(|()| c)?))
+    {
         Ok(code) => code,
         // The reader went away (`thinpool read ... | head`): stop quietly, as SIGPIPE would.
         Err(e) if is_broken_pipe(&e) => return ExitCode::from(141),
@@ -217,12 +224,12 @@ pub fn main() -> ExitCode {
 }
 
 /// Run a parsed command in this process; returns the exit code.
-fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
+fn run(cmd: &Command, rewind: bool, argv: &[String], out: &mut dyn Write) -> Result<i32> {
     let dir = match cmd {
         Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
-        Command::Serve(a) => return serve_cmd::run(a, out).map(|()| 0),
+        Command::Serve(a) => return serve_cmd::run(a, rewind, out).map(|()| 0),
         _ => cmd.pool_dir().expect("every other command names a pool"),
     };
     if let Some(seq) = cmd.at_seq() {
@@ -267,9 +274,24 @@ fn run(cmd: &Command, argv: &[String], out: &mut dyn Write) -> Result<i32> {
     }
     let opts = OpenOptions {
         read_only: cmd.is_read_only(),
+        rewind,
         ..OpenOptions::default()
     };
     let mut pool = Pool::open(dir, &opts)?;
+    if let Some(r) = pool.open_report().and_then(|r| r.rewound()) {
+        if opts.read_only {
+            eprintln!(
+                "thinpool: warning: {r}; showing seq {} (a read-write open needs --rewind)",
+                r.chosen
+            );
+        } else {
+            eprintln!(
+                "thinpool: rewound pool {} to seq {}: {r}",
+                dir.display(),
+                r.chosen
+            );
+        }
+    }
     execute(cmd, &mut pool, out, Mode::Local)?;
     Ok(0)
 }
@@ -342,7 +364,7 @@ pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mu
 /// Run one command line in this process as the binary would, for the demo.
 pub(crate) fn run_argv(argv: &[String], out: &mut dyn Write) -> Result<()> {
     let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
-    match run(&cli.command, argv, out)? {
+    match run(&cli.command, cli.rewind, argv, out)? {
         0 => Ok(()),
         code => anyhow::bail!("`{}` exited with {code}", argv.join(" ")),
     }

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     pub commit_interval: Duration,
 }
 
-pub fn run(a: &ServeArgs, _out: &mut dyn Write) -> Result<()> {
+pub fn run(a: &ServeArgs, rewind: bool, _out: &mut dyn Write) -> Result<()> {
     let opts = ServeOptions {
         pool_dir: a.pool.clone(),
         socket: a.socket.clone(),
@@ -42,6 +42,7 @@ pub fn run(a: &ServeArgs, _out: &mut dyn Write) -> Result<()> {
         read_only: a.read_only,
         allow_remote: a.allow_remote,
         commit_interval: a.commit_interval,
+        rewind,
     };
     nbd::serve(opts, Box::new(super::run_in_pool))
         .with_context(|| format!("cannot serve pool {}", a.pool.display()))

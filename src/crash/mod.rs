@@ -484,7 +484,7 @@ fn second_crash(
     let opts = OpenOptions {
         read_only: false,
         cache_blocks: 256,
-        at_seq: None,
+        ..OpenOptions::default()
     };
     let mut pool = match guarded(|| Pool::open_on(meta, data, &opts).map_err(|e| e.to_string())) {
         Ok(p) => p,
@@ -644,7 +644,7 @@ fn verify_state(
     let opts = OpenOptions {
         read_only: true,
         cache_blocks: 256,
-        at_seq: None,
+        ..OpenOptions::default()
     };
     let mut pool = match Pool::open_on(meta.clone(), data, &opts) {
         Ok(p) => p,

@@ -31,6 +31,50 @@ pub struct OpenReport {
     pub skipped: Vec<(u64, String)>,
 }
 
+/// Open fell back from a valid newest record whose trees are damaged: damage to an
+/// acknowledged commit, not the trace of a crash (a record is written only after the blocks
+/// it names are durable, so a crash leaves the newest valid record's trees whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    /// The newest valid record, whose trees are damaged.
+    pub newest: u64,
+    /// The commit open fell back to.
+    pub chosen: u64,
+    /// Why the newest record (and any between) was skipped.
+    pub why: String,
+}
+
+impl std::fmt::Display for Rewind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the newest commit (seq {}) is damaged ({}); the newest intact commit is seq {}",
+            self.newest, self.why, self.chosen
+        )
+    }
+}
+
+impl OpenReport {
+    /// `Some` when open fell back from damaged acknowledged state (not for an explicit
+    /// older state, nor for torn records, which are not valid and never counted).
+    pub fn rewound(&self) -> Option<Rewind> {
+        if self.chosen_seq == self.newest_valid_seq || self.skipped.is_empty() {
+            return None;
+        }
+        let why = self
+            .skipped
+            .iter()
+            .map(|(seq, why)| format!("seq {seq}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(Rewind {
+            newest: self.newest_valid_seq,
+            chosen: self.chosen_seq,
+            why,
+        })
+    }
+}
+
 pub struct Tm {
     pub bm: BlockManager,
     pub label: Label,

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub read_only: bool,
     pub allow_remote: bool,
     pub commit_interval: Duration,
+    /// Accept a rewind past a damaged newest commit (see `OpenOptions::rewind`).
+    pub rewind: bool,
 }
 
 /// What a forwarded command returned.
@@ -55,6 +57,7 @@ impl ServeOptions {
             read_only: false,
             allow_remote: false,
             commit_interval: Duration::from_secs(1),
+            rewind: false,
         }
     }
 }

@@ -387,7 +387,14 @@ pub fn run(
     stop: Arc<AtomicBool>,
     use_signals: bool,
 ) -> io::Result<()> {
-    let mut pool = Pool::open(&opts.pool_dir, &OpenOptions::default()).map_err(pool_err)?;
+    let open = OpenOptions {
+        rewind: opts.rewind,
+        ..OpenOptions::default()
+    };
+    let mut pool = Pool::open(&opts.pool_dir, &open).map_err(pool_err)?;
+    if let Some(r) = pool.open_report().and_then(|r| r.rewound()) {
+        eprintln!("thinpool serve: rewound to seq {}: {r}", r.chosen);
+    }
     if pool.is_read_only() {
         return Err(io::Error::other(format!(
             "pool {} opened read-only; cannot serve it",

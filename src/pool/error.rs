@@ -29,6 +29,8 @@ pub enum PoolError {
         block: u64,
         need: u64,
     },
+    #[error("{0}: opening it read-write would roll back what seq {newest} acknowledged. Run `thinpool check` to see the damage; pass --rewind to accept the loss and continue from seq {chosen}", newest = .0.newest, chosen = .0.chosen)]
+    NeedsRewind(crate::meta::txn::Rewind),
     #[error("pool {0} is in use: another process has it open read-write (stop that process, or send commands through its `thinpool serve`)")]
     InUse(PathBuf),
     #[error("{0} is not a thinpool pool (no metadata file)")]

@@ -70,6 +70,10 @@ pub struct OpenOptions {
     pub cache_blocks: usize,
     /// Open the state of an older commit (requires `read_only`).
     pub at_seq: Option<u64>,
+    /// Accept a rewind: when the newest commit's trees are damaged, a read-write open is
+    /// refused ([`PoolError::NeedsRewind`]) unless this is set; then the pool opens at the
+    /// newest intact commit and commits at once, so the rewind is recorded.
+    pub rewind: bool,
 }
 
 impl Default for OpenOptions {
@@ -78,8 +82,21 @@ impl Default for OpenOptions {
             read_only: false,
             cache_blocks: DEFAULT_CACHE_BLOCKS,
             at_seq: None,
+            rewind: false,
         }
     }
+}
+
+/// A read-write open of a pool whose newest commit is damaged needs the user's consent: the
+/// commit it falls back from was acknowledged (docs/format.md, "Open").
+fn refuse_silent_rewind(report: &OpenReport, opts: &OpenOptions) -> Result<()> {
+    if opts.read_only || opts.rewind || opts.at_seq.is_some() {
+        return Ok(());
+    }
+    if let Some(r) = report.rewound() {
+        return Err(PoolError::NeedsRewind(r));
+    }
+    Ok(())
 }
 
 /// Pool-wide figures (`thinpool pool info`).
@@ -334,9 +351,9 @@ impl Pool {
         lock(&lockf, dir, writable)?;
         let ddev = FileDev::open(&dpath, writable).map_err(io_err(&dpath, "open"))?;
         let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
-        let (tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        refuse_silent_rewind(&report, opts)?;
         let ([details_root, top_root], [next_id, time]) = tm.user_state();
-        let mut tm = tm;
         let block_size = tm.label.data_block_size;
         let need = tm.dsm.nr_blocks * block_size;
         if ddev.len() < need {
@@ -358,7 +375,7 @@ impl Pool {
             ddev.ensure_len(need)
                 .map_err(io_err(&dpath, "size data file"))?;
         }
-        Ok(Pool {
+        let mut pool = Pool {
             dir: dir.to_path_buf(),
             tm,
             data: Arc::new(ddev),
@@ -373,7 +390,18 @@ impl Pool {
             punch_next: Vec::new(),
             punch_last_frees: !opts.read_only,
             shared: false,
-        })
+        };
+        pool.record_rewind()?;
+        Ok(pool)
+    }
+
+    /// After an accepted rewind, commit at once: the next open then finds an intact newest
+    /// record and needs no consent again.
+    fn record_rewind(&mut self) -> Result<()> {
+        if !self.tm.read_only && self.report.as_ref().is_some_and(|r| r.rewound().is_some()) {
+            self.force_commit()?;
+        }
+        Ok(())
     }
 
     /// A pool on arbitrary devices (in-memory tests, simulations). No directory, no lock.
@@ -425,9 +453,10 @@ impl Pool {
         opts: &OpenOptions,
     ) -> Result<Pool> {
         let (tm, report) = Tm::open_at(meta, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        refuse_silent_rewind(&report, opts)?;
         let ([details_root, top_root], [next_id, time]) = tm.user_state();
         let block_size = tm.label.data_block_size;
-        Ok(Pool {
+        let mut pool = Pool {
             dir: PathBuf::new(),
             tm,
             data,
@@ -442,7 +471,9 @@ impl Pool {
             punch_next: Vec::new(),
             punch_last_frees: !opts.read_only,
             shared: false,
-        })
+        };
+        pool.record_rewind()?;
+        Ok(pool)
     }
 
     pub fn dir(&self) -> &Path {
