@@ -28,7 +28,7 @@ pub struct ServeArgs {
     /// Allow --listen on a non-loopback address
     #[arg(long)]
     pub allow_remote: bool,
-    /// Commit at least this often (e.g. 1s, 500ms)
+    /// Commit new mappings at least this often (e.g. 1s, 500ms); overwrites in place are synced by FLUSH
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
 }

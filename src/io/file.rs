@@ -197,6 +197,26 @@ impl BlockDev for FileDev {
         Ok(())
     }
 
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: sync_file_range only reads its integer arguments; the fd is owned by
+        // `self.file` and open for the call.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn ensure_len(&self, len: u64) -> io::Result<()> {
         if len <= self.len() {
             return Ok(());

@@ -42,6 +42,12 @@ pub trait BlockDev: Send + Sync {
     fn is_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
         Ok(false)
     }
+    /// Start writing back `[offset, offset+len)` to stable storage without waiting for it
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the next `flush` finds little left to
+    /// do. Advisory: durability still comes only from `flush`.
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Ensure the device is at least `len` bytes long (files grow sparsely).
     fn ensure_len(&self, len: u64) -> io::Result<()>;
 }

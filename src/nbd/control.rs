@@ -185,7 +185,7 @@ pub fn serve_one(shared: &Shared, mut s: UnixStream) {
             return;
         }
     };
-    let (code, out, err) = match shared.pool().exclusive() {
+    let (code, out, err) = match shared.pool().exclusive_synced() {
         Err(_) => (
             1,
             Vec::new(),

@@ -609,7 +609,7 @@ fn commit_timer(shared: &Shared, every: Duration) {
             continue;
         }
         last = Instant::now();
-        if let Err(e) = shared.pool().commit() {
+        if let Err(e) = shared.pool().periodic_commit() {
             if matches!(e, PoolError::Poisoned) {
                 return;
             }

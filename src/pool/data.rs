@@ -113,6 +113,21 @@ pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[
         dev.write_at(blk, *off)
             .map_err(Pool::data_err("write", *off))?;
     }
+    // Newly mapped blocks are what the next commit must sync before its record: start
+    // their writeback now, so the commit's fdatasync (which runs while requests wait, see
+    // shared.rs) finds little left. Overwrites in place need a sync only on FLUSH and stay
+    // in the page cache. Advisory: an error here changes nothing.
+    let mut wb = Runs::default();
+    for (i, (_, t)) in plan.targets.iter().enumerate() {
+        if let Target::New { new, .. } = *t {
+            // Whole blocks (pages that are not dirty cost nothing); the source index only
+            // lets adjacent blocks merge.
+            wb.push(new * bs, i * bs as usize, bs as usize);
+        }
+    }
+    for (off, _, len) in wb.0 {
+        let _ = dev.start_writeback(off, len as u64);
+    }
     Ok(())
 }
 

@@ -134,6 +134,9 @@ pub struct Pool {
     pub(crate) next_id: u64,
     pub(crate) time: u64,
     data_dirty: bool,
+    /// Completed data writes, counted so a sync that began after the n-th knows it covers
+    /// every write up to it (see `SharedPool::exclusive_synced`).
+    data_writes: u64,
     report: Option<OpenReport>,
     /// Data blocks freed by the last commit's transaction, punched after the next commit.
     punch_next: Vec<u64>,
@@ -319,6 +322,7 @@ impl Pool {
             next_id: 1,
             time: 0,
             data_dirty: true,
+            data_writes: 0,
             report: None,
             punch_next: Vec::new(),
             punch_last_frees: false,
@@ -386,6 +390,7 @@ impl Pool {
             next_id,
             time,
             data_dirty: false,
+            data_writes: 0,
             report: Some(report),
             punch_next: Vec::new(),
             punch_last_frees: !opts.read_only,
@@ -437,6 +442,7 @@ impl Pool {
             next_id: 1,
             time: 0,
             data_dirty: true,
+            data_writes: 0,
             report: None,
             punch_next: Vec::new(),
             punch_last_frees: false,
@@ -467,6 +473,7 @@ impl Pool {
             next_id,
             time,
             data_dirty: false,
+            data_writes: 0,
             report: Some(report),
             punch_next: Vec::new(),
             punch_last_frees: !opts.read_only,
@@ -495,29 +502,52 @@ impl Pool {
     }
 
     /// Make everything done so far durable (data sync, then the metadata commit protocol).
-    /// A no-op when nothing changed.
+    /// A no-op when nothing changed; only a data sync when only data changed (writes in
+    /// place: no mapping to record).
     pub fn commit(&mut self) -> Result<()> {
-        if !self.tm.is_dirty() && !self.data_dirty {
-            return Ok(());
+        if self.tm.is_dirty() {
+            return self.force_commit();
         }
-        self.force_commit()
+        if self.data_dirty {
+            self.tm.check_writable()?;
+            self.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// True when the transaction in progress changed metadata (a commit would write a
+    /// record); in-place data writes alone do not count.
+    pub fn metadata_dirty(&self) -> bool {
+        self.tm.is_dirty()
+    }
+
+    /// `fdatasync` the data device. An error fail-stops the pool: data whose durability is
+    /// unknown is never acknowledged.
+    fn sync_data(&mut self) -> Result<()> {
+        if let Err(e) = self.data.flush() {
+            let err = PoolError::DataIo {
+                op: "fdatasync",
+                offset: 0,
+                source: e,
+            };
+            self.tm.fail_stop(err.to_string());
+            return Err(err);
+        }
+        self.data_dirty = false;
+        Ok(())
+    }
+
+    /// Another thread synced the data device after every data write so far completed
+    /// (`SharedPool`'s commit syncs before it drains requests): nothing is left to sync.
+    pub(crate) fn data_synced(&mut self) {
+        self.data_dirty = false;
     }
 
     /// Commit even when nothing changed (advances the protected states).
     pub(crate) fn force_commit(&mut self) -> Result<()> {
         self.tm.check_writable()?;
         if self.data_dirty {
-            if let Err(e) = self.data.flush() {
-                // Fail-stop: data whose durability is unknown is never acknowledged.
-                let err = PoolError::DataIo {
-                    op: "fdatasync",
-                    offset: 0,
-                    source: e,
-                };
-                self.tm.fail_stop(err.to_string());
-                return Err(err);
-            }
-            self.data_dirty = false;
+            self.sync_data()?;
         }
         // Before the commit moves the protected window: what the last commit freed.
         let last_frees = if std::mem::take(&mut self.punch_last_frees) {
@@ -583,8 +613,15 @@ impl Pool {
         Ok(())
     }
 
+    /// Called after every data write's I/O returned (under the metadata lock).
     pub(crate) fn note_data_write(&mut self) {
         self.data_dirty = true;
+        self.data_writes += 1;
+    }
+
+    /// Data writes completed so far in this process ([`Pool::note_data_write`] calls).
+    pub(crate) fn data_writes(&self) -> u64 {
+        self.data_writes
     }
 
     /// Pool-wide figures.
