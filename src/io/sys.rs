@@ -45,6 +45,26 @@ pub fn clear_nonblock(f: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Make the allocator serve every allocation of 4 MiB or more with its own mapping, which
+/// `free` unmaps at once (glibc's default threshold grows with use, after which freed
+/// request buffers stay in the heap). Other allocators ignore it.
+pub fn return_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator tunable; no memory is passed.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Give free heap memory back to the system (after a connection ended).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_sig: libc::c_int) {

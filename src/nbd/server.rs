@@ -72,7 +72,7 @@ impl Stream {
             Stream::Tcp(s) => s.set_read_timeout(t),
         }
     }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    pub(super) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_write_timeout(t),
             Stream::Tcp(s) => s.set_write_timeout(t),
@@ -113,11 +113,18 @@ pub struct Shared {
     conns: Mutex<HashMap<u64, Stream>>,
     next_conn: AtomicU64,
     pub(super) handler: ControlHandler,
+    /// In-flight request bytes of every connection together.
+    budget: transmission::Budget,
 }
 
 impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The server-wide in-flight byte budget.
+    pub(super) fn budget(&self) -> &transmission::Budget {
+        &self.budget
     }
 
     /// The pool. Data requests go straight to it (they take the metadata lock only around
@@ -433,7 +440,10 @@ pub fn run(
         conns: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(0),
         handler,
+        budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
     });
+    // Request buffers go back to the system when freed, so memory falls when clients go.
+    crate::io::sys::return_large_allocations();
     let mut what = format!("unix:{}", nbd_path.display());
     if let Some(t) = &tcp {
         what += &format!(" and tcp:{}", t.local_addr()?);
@@ -598,6 +608,7 @@ fn connection(shared: &Arc<Shared>, mut s: Stream) {
     shared.attach(id);
     transmission::serve(shared, s, &session);
     shared.detach(id);
+    crate::io::sys::trim_heap();
 }
 
 fn commit_timer(shared: &Shared, every: Duration) {

@@ -6,7 +6,15 @@
 //!   error reply and the connection continues.
 //! - Replies are built whole in memory and written under one mutex, so chunks of different
 //!   replies never interleave mid-message.
-//! - Memory per connection is bounded by an in-flight byte budget the reader waits on.
+//! - Memory is bounded twice: each connection by an in-flight byte budget, and the whole
+//!   server by a global one shared by every connection ([`Budget`]). The reader takes both
+//!   before it allocates a request's payload, and read buffers count until their reply is
+//!   sent. A connection whose client accepts no reply bytes holds its share only until it is
+//!   dropped: after `WRITE_TIMEOUT`, or after `STALL_EVICT` when other connections are
+//!   waiting for the global budget, or `STOP_GRACE` once the server is stopping.
+//! - A connection whose reply could not be written is dead: its queued requests are dropped
+//!   unexecuted (nobody could receive their replies), as nbdkit does. On shutdown readers
+//!   stop dispatching even requests already buffered, so shutdown takes bounded time.
 //! - A panic in a worker becomes an EIO reply; the poisoned pool lock then fails every later
 //!   request (fail-stop) instead of committing half-updated state.
 
@@ -15,15 +23,28 @@ use super::proto::*;
 use super::server::{Shared, Stream};
 use crate::pool::{PoolError, SharedPool};
 use crossbeam_channel::Receiver;
+use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Workers per connection.
 const WORKERS: usize = 4;
 /// Request payloads and read buffers in flight per connection.
-const BUDGET: u64 = 64 << 20;
+const CONN_BUDGET: u64 = 64 << 20;
+/// The same for the whole server (all connections together; docs/nbd.md, "Robustness").
+pub const GLOBAL_BUDGET: u64 = 256 << 20;
+/// A reply write that made no progress for this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// ... or for this long while other connections wait for the global budget.
+const STALL_EVICT: Duration = Duration::from_secs(1);
+/// ... or for this long once the server is stopping.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often a blocked reply write looks at those conditions.
+const WRITE_POLL: Duration = Duration::from_millis(250);
 /// Most mappings looked at for one BLOCK_STATUS reply (the reply may cover less).
 const STATUS_LIMIT: usize = 65536;
 
@@ -33,24 +54,157 @@ struct Job {
     cost: u64,
 }
 
-/// Bytes in flight, waited on by the reader.
-struct Budget {
-    used: Mutex<u64>,
+/// Bytes in flight, waited on by readers in arrival order (first come, first served, so a
+/// stream of other requests cannot starve one).
+pub struct Budget {
+    limit: u64,
+    state: Mutex<BudgetState>,
     freed: Condvar,
 }
 
+struct BudgetState {
+    used: u64,
+    /// Tickets of the waiting readers, oldest first.
+    queue: VecDeque<u64>,
+    next_ticket: u64,
+}
+
 impl Budget {
-    fn acquire(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used > 0 && *used + n > BUDGET {
-            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+    pub fn new(limit: u64) -> Budget {
+        Budget {
+            limit,
+            state: Mutex::new(BudgetState {
+                used: 0,
+                queue: VecDeque::new(),
+                next_ticket: 0,
+            }),
+            freed: Condvar::new(),
         }
-        *used += n;
+    }
+    /// Take `n` bytes, waiting while the budget is full (one request may always run alone,
+    /// whatever its size). Returns false, taking nothing, once `cancel` says so.
+    fn acquire(&self, n: u64, cancel: &dyn Fn() -> bool) -> bool {
+        let fits = |used: u64| used == 0 || used + n <= self.limit;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.queue.is_empty() && fits(st.used) {
+            st.used += n;
+            return true;
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queue.push_back(ticket);
+        loop {
+            if st.queue.front() == Some(&ticket) && fits(st.used) {
+                st.queue.pop_front();
+                st.used += n;
+                // The next in line may fit too.
+                self.freed.notify_all();
+                return true;
+            }
+            if cancel() {
+                st.queue.retain(|&t| t != ticket);
+                self.freed.notify_all();
+                return false;
+            }
+            st = self
+                .freed
+                .wait_timeout(st, WRITE_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
     fn release(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used -= n;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.used -= n;
         self.freed.notify_all();
+    }
+    /// Someone is waiting for room.
+    fn contended(&self) -> bool {
+        !self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .is_empty()
+    }
+}
+
+/// What the reader and the workers of one connection share.
+struct Conn<'a> {
+    shared: &'a Shared,
+    writer: Mutex<Stream>,
+    budget: Budget,
+    /// A reply could not be written: the client is gone or stuck.
+    dead: AtomicBool,
+}
+
+impl Conn<'_> {
+    fn cancelled(&self) -> bool {
+        self.dead.load(Ordering::SeqCst) || self.shared.stopping()
+    }
+    fn acquire(&self, n: u64) -> bool {
+        let cancel = || self.cancelled();
+        if !self.budget.acquire(n, &cancel) {
+            return false;
+        }
+        if !self.shared.budget().acquire(n, &cancel) {
+            self.budget.release(n);
+            return false;
+        }
+        true
+    }
+    fn release(&self, n: u64) {
+        self.shared.budget().release(n);
+        self.budget.release(n);
+    }
+    fn kill(&self, w: &Stream) {
+        self.dead.store(true, Ordering::SeqCst);
+        // Wakes the reader, which stops dispatching.
+        w.shutdown(Shutdown::Both);
+    }
+
+    /// Write one whole reply. A client that accepts no bytes for too long (see the module
+    /// docs) kills the connection.
+    fn send(&self, out: &[u8]) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        let mut done = 0;
+        let mut stalled: Option<Instant> = None;
+        while done < out.len() {
+            match w.write(&out[done..]) {
+                Ok(0) => {
+                    self.kill(&w);
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                Ok(n) => {
+                    done += n;
+                    stalled = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let since = stalled.get_or_insert_with(Instant::now).elapsed();
+                    if since >= WRITE_TIMEOUT
+                        || since >= STALL_EVICT && self.shared.budget().contended()
+                        || since >= STOP_GRACE && self.shared.stopping()
+                    {
+                        self.kill(&w);
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    self.kill(&w);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -60,113 +214,107 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    let writer = Arc::new(Mutex::new(writer));
-    let budget = Arc::new(Budget {
-        used: Mutex::new(0),
-        freed: Condvar::new(),
-    });
+    // Short write timeouts: a blocked reply write wakes up to look at the eviction rules.
+    if writer.set_write_timeout(Some(WRITE_POLL)).is_err() {
+        return;
+    }
+    let conn = Conn {
+        shared,
+        writer: Mutex::new(writer),
+        budget: Budget::new(CONN_BUDGET),
+        dead: AtomicBool::new(false),
+    };
     // Every worker waits on the channel itself (no lock around the receiver): a request
     // wakes exactly one worker.
     let (tx, rx) = crossbeam_channel::bounded::<Job>(WORKERS * 2);
-    let mut workers = Vec::with_capacity(WORKERS);
-    for _ in 0..WORKERS {
-        let (shared, sess, writer, budget, rx) = (
-            shared.clone(),
-            sess.clone(),
-            writer.clone(),
-            budget.clone(),
-            rx.clone(),
-        );
-        let h = std::thread::Builder::new()
-            .name("nbd-worker".into())
-            .spawn(move || worker(&shared, &sess, &writer, &budget, &rx));
-        match h {
-            Ok(h) => workers.push(h),
-            Err(_) => break,
+    std::thread::scope(|scope| {
+        let mut workers = 0;
+        for _ in 0..WORKERS {
+            let (conn, rx) = (&conn, rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("nbd-worker".into())
+                .spawn_scoped(scope, move || worker(conn, sess, &rx));
+            if spawned.is_ok() {
+                workers += 1;
+            }
         }
-    }
-    if workers.is_empty() {
-        stream.shutdown(Shutdown::Both);
-        return;
-    }
+        drop(rx);
+        if workers == 0 {
+            stream.shutdown(Shutdown::Both);
+            return;
+        }
+        read_requests(&conn, sess, stream, &tx);
+        drop(tx);
+    });
+    conn.writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .shutdown(Shutdown::Both);
+}
+
+/// The reader: parse requests and hand them to the workers until the client disconnects,
+/// breaks framing, the connection dies, or the server stops.
+fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_channel::Sender<Job>) {
     let mut reader = BufReader::with_capacity(128 << 10, stream);
     loop {
         let mut hdr = [0u8; REQUEST_SIZE];
-        if reader.read_exact(&mut hdr).is_err() {
+        if reader.read_exact(&mut hdr).is_err() || conn.cancelled() {
             break;
         }
         let req = Request::decode(&hdr);
         if req.magic != REQUEST_MAGIC || req.kind == CMD_DISC {
             break;
         }
-        let mut payload = Vec::new();
-        if req.kind == CMD_WRITE {
-            if req.length > MAX_PAYLOAD {
-                // Skip the payload to stay in sync, then refuse the request.
-                if skip(&mut reader, req.length as u64).is_err() {
-                    break;
-                }
-                let msg = format!("write of {} bytes exceeds the 32 MiB maximum", req.length);
-                let out = error_reply(sess, req.handle, EINVAL, &msg);
-                if send(&writer, &out).is_err() {
-                    break;
-                }
-                continue;
-            }
-            payload = vec![0u8; req.length as usize];
-            if reader.read_exact(&mut payload).is_err() {
+        if req.kind == CMD_WRITE && req.length > MAX_PAYLOAD {
+            // Skip the payload to stay in sync, then refuse the request.
+            if skip(&mut reader, req.length as u64).is_err() {
                 break;
             }
+            let msg = format!("write of {} bytes exceeds the 32 MiB maximum", req.length);
+            if conn
+                .send(&error_reply(sess, req.handle, EINVAL, &msg))
+                .is_err()
+            {
+                break;
+            }
+            continue;
         }
         let cost = match req.kind {
             CMD_WRITE | CMD_READ => (req.length.min(MAX_PAYLOAD) as u64).max(1),
             _ => 1,
         };
-        budget.acquire(cost);
-        if tx.send(Job { req, payload, cost }).is_err() {
+        // The budget first: a payload is allocated only once there is room for it.
+        if !conn.acquire(cost) {
+            break;
+        }
+        let mut payload = Vec::new();
+        if req.kind == CMD_WRITE {
+            payload = vec![0u8; req.length as usize];
+            if reader.read_exact(&mut payload).is_err() {
+                conn.release(cost);
+                break;
+            }
+        }
+        if let Err(e) = tx.send(Job { req, payload, cost }) {
+            conn.release(e.into_inner().cost);
             break;
         }
     }
-    drop(tx);
-    for h in workers {
-        let _ = h.join();
-    }
-    writer
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .shutdown(Shutdown::Both);
 }
 
-fn send(writer: &Mutex<Stream>, out: &[u8]) -> io::Result<()> {
-    let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-    let r = w.write_all(out);
-    if r.is_err() {
-        // The client is gone; wake the reader so the connection winds down.
-        w.shutdown(Shutdown::Both);
-    }
-    r
-}
-
-fn worker(
-    shared: &Shared,
-    sess: &Session,
-    writer: &Mutex<Stream>,
-    budget: &Budget,
-    rx: &Receiver<Job>,
-) {
-    loop {
-        let Ok(job) = rx.recv() else {
-            return;
-        };
-        let handle = job.req.handle;
-        let out = catch_unwind(AssertUnwindSafe(|| {
-            execute(shared, sess, &job.req, &job.payload)
-        }))
-        .unwrap_or_else(|_| error_reply(sess, handle, EIO, "internal error in thinpool serve"));
-        drop(job.payload);
-        // A failed send shut the socket down; keep draining so the reader never blocks.
-        let _ = send(writer, &out);
-        budget.release(job.cost);
+fn worker(conn: &Conn, sess: &Session, rx: &Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        // A dead connection's queue is dropped: nobody could receive the replies.
+        if !conn.dead.load(Ordering::SeqCst) {
+            let handle = job.req.handle;
+            let out = catch_unwind(AssertUnwindSafe(|| {
+                execute(conn.shared, sess, &job.req, &job.payload)
+            }))
+            .unwrap_or_else(|_| error_reply(sess, handle, EIO, "internal error in thinpool serve"));
+            drop(job.payload);
+            let _ = conn.send(&out);
+        }
+        conn.release(job.cost);
     }
 }
 
