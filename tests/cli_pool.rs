@@ -116,6 +116,44 @@ fn create_refuses_a_non_empty_directory() {
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
 
+/// The pool's own files are private: `metadata` and `data` are 0600 and a directory that
+/// `pool create` makes is 0700, whatever the umask lets through. A directory the user gave
+/// keeps its mode, and what `export` writes into a user path keeps the umask's default.
+#[test]
+fn create_makes_the_pool_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    // A directory `pool create` makes (its missing parents are made as `mkdir -p` would).
+    let made = tmp.path().join("parent").join("pool");
+    thinpool_umask("022", &["pool", "create", &s(&made), "--size", "16M"]).ok();
+    assert_eq!(mode(&made), 0o700, "pool directory");
+    assert_eq!(mode(&made.join("metadata")), 0o600, "metadata");
+    assert_eq!(mode(&made.join("data")), 0o600, "data");
+    assert_eq!(
+        mode(&tmp.path().join("parent")),
+        0o755,
+        "a parent directory"
+    );
+
+    // An existing empty directory is the user's: its mode stays.
+    let given = tmp.path().join("given");
+    std::fs::create_dir(&given).unwrap();
+    std::fs::set_permissions(&given, std::fs::Permissions::from_mode(0o750)).unwrap();
+    thinpool_umask("022", &["pool", "create", &s(&given), "--size", "16M"]).ok();
+    assert_eq!(mode(&given), 0o750, "a directory the user gave");
+    assert_eq!(mode(&given.join("metadata")), 0o600, "metadata");
+    assert_eq!(mode(&given.join("data")), 0o600, "data");
+
+    // Files written into user paths follow the umask.
+    thinpool_umask("022", &["create", &s(&made), "v", "--size", "1M"]).ok();
+    let image = tmp.path().join("v.img");
+    thinpool_umask("022", &["export", &s(&made), "v", &s(&image)]).ok();
+    assert_eq!(mode(&image), 0o644, "an exported image");
+}
+
 #[test]
 fn create_refuses_an_existing_pool() {
     let tp = TestPool::new("16M", "64K");

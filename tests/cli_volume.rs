@@ -307,3 +307,70 @@ fn snapshot_of_snapshot_chain() {
     tp.run(&["rollback", "{}", "base", "s2"]).ok();
     assert_eq!(tp.read("base", 0, BS as u64), pattern(8, BS));
 }
+
+/// An rbd diff v1 stream that ends at snapshot `to` and writes `data` at offset 0.
+fn diff_to_snapshot(to: &str, data: &[u8]) -> Vec<u8> {
+    let mut d = b"rbd diff v1\n".to_vec();
+    d.push(b't');
+    d.extend_from_slice(&(to.len() as u32).to_le_bytes());
+    d.extend_from_slice(to.as_bytes());
+    d.push(b'w');
+    d.extend_from_slice(&0u64.to_le_bytes());
+    d.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    d.extend_from_slice(data);
+    d.push(b'e');
+    d
+}
+
+/// A name with a control character (which would fake `list` rows or send terminal escapes)
+/// or a bidi override (which reorders the text around it) is refused wherever a new name is
+/// accepted, with the character escaped and its byte offset; nothing is created, nothing
+/// changes, and `list` still works.
+#[test]
+fn names_with_control_characters_are_refused() {
+    let tp = TestPool::new("16M", "4K");
+    tp.run(&["create", "{}", "vol", "--size", "1M"]).ok();
+    let before = tp.state();
+    let img = tp.put("img", &[7u8; 4096]);
+    let bad = [
+        ("a\nb", "\\n at byte 1"),
+        ("a\x1b[31m", "\\x1b at byte 1"),
+        ("a\u{202e}b", "U+202E at byte 1"),
+        ("ab\tc", "\\t at byte 2"),
+        ("a\x7f", "\\x7f at byte 1"),
+        ("é\u{85}", "U+0085 at byte 2"),
+        ("x\u{2067}", "U+2067 at byte 1"),
+        ("a/b", "'/' at byte 1"),
+    ];
+    for (name, needle) in bad {
+        let diff = tp.put("diff", &diff_to_snapshot(name, &[9u8; 4096]));
+        for args in [
+            vec!["create", "{}", name, "--size", "1M"],
+            vec!["snapshot", "{}", "vol", name],
+            vec!["rename", "{}", "vol", name],
+            vec!["import", "{}", name, &img],
+            vec!["import-diff", "{}", "vol", &diff],
+        ] {
+            let out = tp.run(&args).fails(1, needle);
+            assert!(
+                out.stderr.contains("control characters"),
+                "{args:?}: the message does not state the rule: {}",
+                out.stderr
+            );
+            if name != "a/b" {
+                assert!(
+                    !out.stderr.contains(name),
+                    "{args:?}: the message repeats the raw name: {:?}",
+                    out.stderr
+                );
+            }
+            assert_eq!(tp.state(), before, "{args:?} changed the pool");
+        }
+    }
+    assert_eq!(tp.read("vol", 0, 4096), vec![0u8; 4096]);
+    assert_eq!(tp.run(&["list", "{}"]).ok().text().lines().count(), 2);
+    // Everything else stays a name: UTF-8 letters, spaces, punctuation, a leading '-'.
+    for name in ["café", "日本語", "my disk", "-x", "a.b+c_d=e~!", "\u{200d}"] {
+        tp.run(&["create", "{}", "--size", "1M", "--", name]).ok();
+    }
+}

@@ -57,7 +57,7 @@ fn snapshot_through_control_socket_holds_completed_writes() {
 fn remove_of_attached_volume_needs_force() {
     let t = make_pool(&[("vol", MIB), ("free", MIB)], 64 << 10);
     let dir = pool_dir(&t);
-    let srv = Server::start(&dir);
+    let srv = Server::start_cli(&dir);
     let d = dir.to_str().unwrap();
     let mut c = Raw::attach(&srv.socket, "vol", false);
     let (code, _, err) = fwd(&dir, &["remove", d, "vol"]);
@@ -83,7 +83,7 @@ fn remove_of_attached_volume_needs_force() {
     // --force overrides; the client then gets errors, not a crash.
     let t2 = make_pool(&[("vol", MIB)], 64 << 10);
     let dir2 = pool_dir(&t2);
-    let srv2 = Server::start(&dir2);
+    let srv2 = Server::start_cli(&dir2);
     let mut c = Raw::attach(&srv2.socket, "vol", false);
     let d2 = dir2.to_str().unwrap();
     assert_eq!(fwd(&dir2, &["remove", d2, "vol", "--force"]).0, 0);

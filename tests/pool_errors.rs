@@ -256,7 +256,17 @@ fn duplicate_and_invalid_names() {
     assert!(exists(p.snapshot("a", "b", false).map(|_| ())));
     assert!(exists(p.rename("a", "b")));
     let long = "x".repeat(128);
-    for bad in ["", "a/b", ".", "..", "nul\0", long.as_str()] {
+    for bad in [
+        "",
+        "a/b",
+        ".",
+        "..",
+        "nul\0",
+        "a\nb",
+        "a\x1b[31m",
+        "a\u{202e}b",
+        long.as_str(),
+    ] {
         let invalid = |r: Result<(), PoolError>| matches!(r, Err(PoolError::InvalidName { .. }));
         assert!(
             invalid(p.create_volume(bad, BS, false).map(|_| ())),

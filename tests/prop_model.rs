@@ -27,7 +27,15 @@ use thinpool::pool::{CreateOptions, OpenOptions, Pool, PoolError, VolumeId};
 const BS: u64 = 4096;
 const MAX_VOL: u64 = 1 << 20;
 const NAMES: usize = 12;
-const INVALID_NAMES: [&str; 5] = ["", "a/b", ".", "..", "nul\0byte"];
+const INVALID_NAMES: [&str; 7] = [
+    "",
+    "a/b",
+    ".",
+    "..",
+    "nul\0byte",
+    "new\nline",
+    "rlo\u{202e}",
+];
 
 fn name_of(sel: u32) -> String {
     let s = sel as usize % (NAMES + INVALID_NAMES.len() + 1);
@@ -43,8 +51,12 @@ fn name_of(sel: u32) -> String {
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 127
-        && !n.contains('/')
-        && !n.contains('\0')
+        && !n.chars().any(|c| {
+            c == '/'
+                || c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
         && n != "."
         && n != ".."
 }

@@ -38,7 +38,7 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// Pool directory
     pub pool: PathBuf,
-    /// Name of the volume to create
+    /// Name of the volume to create (1 to 127 bytes; no '/', control characters or bidi overrides)
     pub volume: String,
     /// Raw image to import ('-': stdin)
     pub file: PathBuf,

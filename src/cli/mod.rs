@@ -19,7 +19,7 @@ pub mod size;
 mod volume_cmds;
 
 use crate::nbd;
-use crate::pool::{OpenOptions, Pool};
+use crate::pool::{OpenOptions, Pool, PoolError, VolumeId};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -144,6 +144,19 @@ impl Command {
             Command::List(a) => a.at_seq,
             Command::Info(a) => a.at_seq,
             Command::Read(a) => a.at_seq,
+            _ => None,
+        }
+    }
+
+    /// What this command would destroy under an NBD client, unless `--force` was given: its
+    /// verb and the volumes it removes or rolls back (rolling back *to* an attached snapshot
+    /// is harmless, so a rollback names only its volume). A server refuses the command while
+    /// a client has one of them attached. Taken from the parsed arguments, so a name that
+    /// starts with '-' (after `--`) counts like any other.
+    pub(crate) fn guarded_volumes(&self) -> Option<(&'static str, Vec<&str>)> {
+        match self {
+            Command::Remove(a) if !a.force => Some(("remove", vec![a.volume.as_str()])),
+            Command::Rollback(a) if !a.force => Some(("rollback", vec![a.volume.as_str()])),
             _ => None,
         }
     }
@@ -332,8 +345,17 @@ fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
 }
 
 /// Run `argv` (program name first) on a pool that is already open: the control handler of
-/// `thinpool serve`. Output goes to `out`, messages to `err`; returns the exit code.
-pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mut Vec<u8>) -> i32 {
+/// `thinpool serve`. `attached` counts the NBD connections that have a volume attached; a
+/// command that would remove or roll back an attached volume is refused (see
+/// [`Command::guarded_volumes`]). Output goes to `out`, messages to `err`; returns the exit
+/// code.
+pub fn run_in_pool(
+    pool: &mut Pool,
+    argv: &[String],
+    attached: &dyn Fn(VolumeId) -> usize,
+    out: &mut Vec<u8>,
+    err: &mut Vec<u8>,
+) -> i32 {
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
@@ -350,7 +372,8 @@ pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mu
         | Command::Crashtest(_) => Err(anyhow::anyhow!(
             "this command cannot be sent to a running `thinpool serve`"
         )),
-        cmd => execute(cmd, pool, out, Mode::Server),
+        cmd => refuse_attached(cmd, pool, attached)
+            .and_then(|()| execute(cmd, pool, out, Mode::Server)),
     };
     match res {
         Ok(()) => 0,
@@ -359,6 +382,35 @@ pub fn run_in_pool(pool: &mut Pool, argv: &[String], out: &mut Vec<u8>, err: &mu
             1
         }
     }
+}
+
+/// Refuse `cmd` if it would remove or roll back a volume that an NBD client has attached.
+fn refuse_attached(
+    cmd: &Command,
+    pool: &mut Pool,
+    attached: &dyn Fn(VolumeId) -> usize,
+) -> Result<()> {
+    let Some((verb, names)) = cmd.guarded_volumes() else {
+        return Ok(());
+    };
+    for name in names {
+        let id = match pool.volume_id(name) {
+            Ok(id) => id,
+            // The command itself says that there is no such volume.
+            Err(PoolError::NoSuchVolume(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let n = attached(id);
+        if n > 0 {
+            let s = if n == 1 { "" } else { "s" };
+            anyhow::bail!(
+                "volume '{name}' is attached by {n} NBD connection{s} to this `thinpool serve`; \
+                 disconnect the client{s} first, or pass --force to {verb} it anyway (attached \
+                 clients then see I/O errors or changed data)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Run one command line in this process as the binary would, for the demo.
@@ -392,4 +444,42 @@ pub(crate) fn error_message(e: &anyhow::Error) -> String {
         msg.push_str(&s);
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guarded(argv: &[&str]) -> Option<(&'static str, Vec<String>)> {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        cli.command
+            .guarded_volumes()
+            .map(|(verb, v)| (verb, v.into_iter().map(String::from).collect()))
+    }
+
+    #[test]
+    fn guarded_volumes_come_from_the_parsed_command() {
+        let some = |verb, v: &str| Some((verb, vec![v.to_string()]));
+        assert_eq!(
+            guarded(&["tp", "remove", "P", "--", "-x"]),
+            some("remove", "-x")
+        );
+        assert_eq!(
+            guarded(&["tp", "remove", "P", "vol"]),
+            some("remove", "vol")
+        );
+        // A pool directory or option value that looks like a verb changes nothing.
+        assert_eq!(
+            guarded(&["tp", "remove", "rollback", "remove"]),
+            some("remove", "remove")
+        );
+        assert_eq!(
+            guarded(&["tp", "rollback", "P", "--", "-x", "-s"]),
+            some("rollback", "-x")
+        );
+        assert_eq!(guarded(&["tp", "remove", "-f", "P", "--", "-x"]), None);
+        assert_eq!(guarded(&["tp", "rollback", "P", "v", "s", "--force"]), None);
+        assert_eq!(guarded(&["tp", "create", "remove", "x", "-s", "1M"]), None);
+        assert_eq!(guarded(&["tp", "list", "P"]), None);
+    }
 }

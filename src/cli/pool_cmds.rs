@@ -20,7 +20,7 @@ pub enum PoolCmd {
 
 #[derive(Args, Debug)]
 pub struct PoolCreateArgs {
-    /// Pool directory (created if missing; must be empty)
+    /// Pool directory (created with mode 0700 if missing; must be empty)
     pub pool: PathBuf,
     /// Data capacity (e.g. 10G)
     #[arg(long, short, value_parser = parse_size, allow_hyphen_values = true)]

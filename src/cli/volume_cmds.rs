@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub struct CreateArgs {
     /// Pool directory
     pub pool: PathBuf,
-    /// Name of the new volume (1 to 127 bytes, no '/')
+    /// Name of the new volume (1 to 127 bytes; no '/', control characters or bidi overrides)
     pub name: String,
     /// Virtual size (may exceed the pool's capacity)
     #[arg(long, short, value_parser = parse_size, allow_hyphen_values = true)]
@@ -30,7 +30,7 @@ pub struct SnapshotArgs {
     pub pool: PathBuf,
     /// Volume (or snapshot) to snapshot
     pub source: String,
-    /// Name of the new snapshot
+    /// Name of the new snapshot (1 to 127 bytes; no '/', control characters or bidi overrides)
     pub name: String,
     /// Make the snapshot read-only
     #[arg(long)]
@@ -91,7 +91,7 @@ pub struct RenameArgs {
     pub pool: PathBuf,
     /// Current name
     pub old: String,
-    /// New name
+    /// New name (1 to 127 bytes; no '/', control characters or bidi overrides)
     pub new: String,
 }
 

@@ -19,6 +19,7 @@ pub use diff::{diff_volumes, DiffKind, DiffRange, DiffStats};
 pub use raw::{export_raw, import_raw, ImportSource, RawSink};
 pub use rbd::{export_diff, import_diff, ImportDiffOptions, ImportDiffReport};
 
+use crate::pool::details::escape_name;
 use crate::pool::PoolError;
 use std::io;
 
@@ -41,10 +42,12 @@ pub enum ExportError {
     Truncated { offset: u64, what: &'static str },
     #[error("bad rbd diff stream at byte {offset}: {why}")]
     BadRecord { offset: u64, why: String },
-    #[error("the diff starts from snapshot '{snap}', but '{vol}' has no snapshot of that name (apply the earlier diffs first, or create the snapshot)")]
+    #[error("the diff starts from snapshot '{}', but '{vol}' has no snapshot of that name (apply the earlier diffs first, or create the snapshot)", escape_name(.snap))]
     MissingFromSnap { vol: String, snap: String },
-    #[error("the diff ends at snapshot '{0}', but a volume of that name already exists (use --no-snapshot, or remove it)")]
+    #[error("the diff ends at snapshot '{}', but a volume of that name already exists (use --no-snapshot, or remove it)", escape_name(.0))]
     ToSnapExists(String),
+    #[error("the diff ends at snapshot '{}', which cannot be a volume name (use --no-snapshot to apply it without taking the snapshot): {why}", escape_name(.name))]
+    BadToSnap { name: String, why: String },
     #[error("import of '{name}' failed: {why}")]
     Import { name: String, why: String },
 }

@@ -17,6 +17,7 @@
 use super::diff::{diff_blocks, BlockDiff, DiffKind};
 use super::raw::read_data_run;
 use super::{is_zero, ExportError, Progress, Result};
+use crate::pool::details::validate_name;
 use crate::pool::{Pool, PoolError, VolumeId};
 use std::io::{self, Read, Write};
 
@@ -459,6 +460,11 @@ pub fn import_diff(
         .clone()
         .filter(|t| !opts.no_snapshot && t != vol);
     if let Some(t) = &take {
+        // Checked before anything is applied: the snapshot is taken last.
+        validate_name(t).map_err(|why| ExportError::BadToSnap {
+            name: t.clone(),
+            why,
+        })?;
         if pool.find(t).is_ok() {
             return Err(ExportError::ToSnapExists(t.clone()));
         }

@@ -3,7 +3,7 @@
 use super::BlockDev;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +52,14 @@ impl FileDev {
         Self::from_file(file)
     }
 
-    /// Create a new regular file; fails if it exists.
+    /// Create a new regular file, readable and writable by its owner only (mode 0600: a
+    /// pool's files hold every volume's data); fails if it exists.
     pub fn create(path: &Path) -> io::Result<FileDev> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)?;
         Self::from_file(file)
     }

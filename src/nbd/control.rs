@@ -6,12 +6,12 @@
 //! - response: magic, `i32` exit code, `u32` length + stdout bytes, `u32` length + stderr.
 //!
 //! The command runs with the pool lock held, i.e. between NBD requests, so it sees every
-//! write completed before it. `remove`/`rollback` of a volume that NBD clients have attached
-//! is refused unless `--force` is given.
+//! write completed before it. The handler is told how many NBD connections have each volume
+//! attached: the CLI refuses `remove`/`rollback` of an attached volume unless `--force` is
+//! given (it decides on the parsed command, see `cli::Command::guarded_volumes`).
 
 use super::server::Shared;
 use super::Forwarded;
-use crate::pool::Pool;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,8 +24,6 @@ const MAX_ARGS: u32 = 4096;
 const MAX_ARG_LEN: u32 = 64 << 10;
 /// Largest stdout or stderr a client accepts (a `list --json` of a huge pool fits).
 const MAX_OUTPUT: u32 = 256 << 20;
-/// Commands that destroy or replace a volume's contents under an attached client.
-const GUARDED: &[&str] = &["remove", "rm", "delete", "destroy", "rollback"];
 
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {
     let mut b = [0u8; 4];
@@ -132,44 +130,6 @@ fn read_request(s: &mut UnixStream) -> io::Result<Vec<String>> {
     Ok(argv)
 }
 
-/// Why `argv` must not run now, if it would remove or roll back an attached volume.
-///
-/// The CLI's syntax is `remove POOL VOL` and `rollback POOL VOL SNAP`: the volume is the
-/// second positional argument after the command (rolling back *to* an attached snapshot is
-/// harmless). `--force` (or `-f`) anywhere skips the check.
-fn refuse_busy(shared: &Shared, pool: &mut Pool, argv: &[String]) -> Option<String> {
-    let rest = argv.get(1..)?;
-    let at = rest.iter().position(|a| GUARDED.contains(&a.as_str()))?;
-    let cmd = &rest[at];
-    if rest.iter().any(|a| a == "--force" || a == "-f") {
-        return None;
-    }
-    let positional: Vec<&String> = rest[at + 1..]
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let targets = if cmd == "rollback" {
-        positional.get(1..2).unwrap_or(&[])
-    } else {
-        positional.get(1..).unwrap_or(&[])
-    };
-    for name in targets {
-        let Ok(id) = pool.volume_id(name) else {
-            continue;
-        };
-        let n = shared.attached(id);
-        if n > 0 {
-            let s = if n == 1 { "" } else { "s" };
-            return Some(format!(
-                "thinpool: volume '{name}' is attached by {n} NBD connection{s} to this \
-                 `thinpool serve`; disconnect the client{s} first, or pass --force to {cmd} it \
-                 anyway (attached clients then see I/O errors or changed data)\n"
-            ));
-        }
-    }
-    None
-}
-
 /// Server side: answer one control connection.
 pub fn serve_one(shared: &Shared, mut s: UnixStream) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
@@ -194,25 +154,20 @@ pub fn serve_one(shared: &Shared, mut s: UnixStream) {
         ),
         Ok(mut ex) => {
             let pool = &mut *ex.pool;
-            if let Some(msg) = refuse_busy(shared, pool, &argv) {
-                (1, Vec::new(), msg.into_bytes())
-            } else {
-                let (mut out, mut err) = (Vec::new(), Vec::new());
-                // No data request is in flight (exclusive), so the command may commit on its
-                // own like in a process of its own.
-                pool.shared = false;
-                let r = catch_unwind(AssertUnwindSafe(|| {
-                    (shared.handler)(&mut *pool, &argv, &mut out, &mut err)
-                }));
-                pool.shared = true;
-                match r {
-                    Ok(code) => (code, out, err),
-                    Err(_) => {
-                        err.extend_from_slice(
-                            b"thinpool serve: internal error running the command\n",
-                        );
-                        (101, out, err)
-                    }
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            // No data request is in flight (exclusive), so the command may commit on its own
+            // like in a process of its own.
+            pool.shared = false;
+            let attached = |id| shared.attached(id);
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                (shared.handler)(&mut *pool, &argv, &attached, &mut out, &mut err)
+            }));
+            pool.shared = true;
+            match r {
+                Ok(code) => (code, out, err),
+                Err(_) => {
+                    err.extend_from_slice(b"thinpool serve: internal error running the command\n");
+                    (101, out, err)
                 }
             }
         }

@@ -11,7 +11,7 @@ pub mod proto;
 mod server;
 mod transmission;
 
-use crate::pool::Pool;
+use crate::pool::{Pool, VolumeId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -19,9 +19,14 @@ use std::time::Duration;
 
 /// Runs one CLI command (full argv, program name first) on the served pool, writing what it
 /// prints to `out`/`err`; returns the exit code. Supplied by the CLI so this layer stays
-/// below it.
-pub type ControlHandler =
-    Box<dyn Fn(&mut Pool, &[String], &mut Vec<u8>, &mut Vec<u8>) -> i32 + Send + Sync>;
+/// below it; the CLI parses the command, so it is the handler that refuses to remove or roll
+/// back a volume under its clients, asking `attached` how many NBD connections have a
+/// volume attached.
+pub type ControlHandler = Box<
+    dyn Fn(&mut Pool, &[String], &dyn Fn(VolumeId) -> usize, &mut Vec<u8>, &mut Vec<u8>) -> i32
+        + Send
+        + Sync,
+>;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

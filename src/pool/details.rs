@@ -65,19 +65,71 @@ impl Details {
     }
 }
 
-/// Volume names: 1..=127 bytes, no `/`, no NUL, not `.` or `..`.
-pub fn validate_name(name: &str) -> Result<(), &'static str> {
+/// The rule for volume and snapshot names, as messages state it (see [`validate_name`]).
+pub const NAME_RULE: &str = "a name is 1 to 127 bytes of UTF-8, not '.' or '..', without '/', \
+     control characters (U+0000-U+001F, U+007F-U+009F) or bidirectional overrides and \
+     isolates (U+202A-U+202E, U+2066-U+2069)";
+
+/// Whether `c` may not appear in a name: `/`, a control character (Unicode category Cc:
+/// ASCII 0x00-0x1f and 0x7f, and C1 0x80-0x9f), which could end a `list` row early or
+/// drive the terminal, or a bidirectional override or isolate, which reorders the text
+/// shown around it.
+fn forbidden_in_name(c: char) -> bool {
+    c == '/' || c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// How a character refused in names is shown in a message: `\n`, `\x1b`, `U+202E`, `'/'`.
+fn escape_char(c: char) -> String {
+    match c {
+        '\0' => "\\0".into(),
+        '\t' => "\\t".into(),
+        '\n' => "\\n".into(),
+        '\r' => "\\r".into(),
+        '/' => "'/'".into(),
+        c if c.is_ascii() => format!("\\x{:02x}", c as u32),
+        c => format!("U+{:04X}", c as u32),
+    }
+}
+
+/// `name` for a message: each character refused in names (except `/`) escaped (`\n`,
+/// `\x1b`, `\u{202E}`), so a bad name cannot break a line, send a terminal escape or
+/// reorder the message.
+pub fn escape_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == '/' || !forbidden_in_name(c) {
+            s.push(c);
+        } else if c.is_ascii() {
+            s.push_str(&escape_char(c));
+        } else {
+            s.push_str(&format!("\\u{{{:04X}}}", c as u32));
+        }
+    }
+    s
+}
+
+/// The one check of a new volume or snapshot name ([`NAME_RULE`]), used by every path that
+/// names a volume: create, snapshot, rename, import, and import-diff's end snapshot. The
+/// error says what is wrong (for a refused character: which, and at which byte offset) and
+/// states the rule.
+pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("a name cannot be empty");
+        return Err(format!("it is empty; {NAME_RULE}"));
+    }
+    if let Some((at, c)) = name.char_indices().find(|&(_, c)| forbidden_in_name(c)) {
+        return Err(format!(
+            "character {} at byte {at} is not allowed; {NAME_RULE}",
+            escape_char(c)
+        ));
     }
     if name.len() > MAX_NAME {
-        return Err("a name is at most 127 bytes");
-    }
-    if name.contains('/') || name.contains('\0') {
-        return Err("a name cannot contain '/' or NUL");
+        return Err(format!(
+            "it is {} bytes long (at most {MAX_NAME} bytes); {NAME_RULE}",
+            name.len()
+        ));
     }
     if name == "." || name == ".." {
-        return Err("'.' and '..' are not volume names");
+        return Err(format!("'{name}' is reserved; {NAME_RULE}"));
     }
     Ok(())
 }
@@ -102,5 +154,36 @@ mod tests {
         assert!(validate_name("a/b").is_err());
         assert!(validate_name(&"x".repeat(128)).is_err());
         assert!(validate_name(&"x".repeat(127)).is_ok());
+    }
+
+    #[test]
+    fn the_name_rule() {
+        for ok in ["v", "-x", "my disk", "café", "日本語", "a.b+c_d=e~!", "..."] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok:?}");
+        }
+        let why = |n: &str| validate_name(n).unwrap_err();
+        assert!(why("a\nb").starts_with("character \\n at byte 1 is not allowed; "));
+        assert!(why("\0").starts_with("character \\0 at byte 0 "));
+        assert!(why("é\x1b[0m").starts_with("character \\x1b at byte 2 "));
+        assert!(why("a\x7f").starts_with("character \\x7f at byte 1 "));
+        assert!(why("a\u{9b}").starts_with("character U+009B at byte 1 "));
+        assert!(why("a\u{202e}b").starts_with("character U+202E at byte 1 "));
+        assert!(why("\u{202a}").starts_with("character U+202A at byte 0 "));
+        assert!(why("\u{2066}").starts_with("character U+2066 at byte 0 "));
+        assert!(why("x\u{2069}").starts_with("character U+2069 at byte 1 "));
+        assert!(why("a/b").starts_with("character '/' at byte 1 "));
+        assert!(why("").starts_with("it is empty; "));
+        assert!(why(".").starts_with("'.' is reserved; "));
+        assert!(why("..").starts_with("'..' is reserved; "));
+        assert!(why(&"x".repeat(128)).starts_with("it is 128 bytes long (at most 127 bytes); "));
+        // Neighbours of the refused ranges are names.
+        for ok in ["\u{a0}", "\u{202f}", "\u{2065}", "\u{206a}"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok:?}");
+        }
+        assert!(why("a\tb").ends_with(NAME_RULE));
+        assert_eq!(
+            escape_name("a\n\x1b[1m\u{202e}/é\u{85}"),
+            "a\\n\\x1b[1m\\u{202E}/é\\u{0085}"
+        );
     }
 }

@@ -45,8 +45,8 @@ pub enum PoolError {
     VolumeExists(String),
     #[error("volume '{0}' is read-only")]
     ReadOnlyVolume(String),
-    #[error("invalid volume name '{name}': {why}")]
-    InvalidName { name: String, why: &'static str },
+    #[error("invalid volume name '{}': {why}", super::details::escape_name(.name))]
+    InvalidName { name: String, why: String },
     #[error("invalid size: {0}")]
     InvalidSize(String),
     #[error("range {offset}+{len} is outside volume '{name}' ({size} bytes)")]

@@ -28,6 +28,7 @@ use crate::meta::txn::{OpenReport, Tm};
 use crate::meta::{MetaError, BLOCK_SIZE};
 use details::DETAILS;
 use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -240,7 +241,8 @@ impl Drop for PartialPool {
 }
 
 impl Pool {
-    /// Create a pool in directory `dir` (created if missing; must be empty).
+    /// Create a pool in directory `dir` (created with mode 0700 if missing; must be empty).
+    /// `metadata` and `data` are created 0600.
     pub fn create(dir: &Path, opts: &CreateOptions) -> Result<Pool> {
         validate_block_size(opts.block_size)?;
         let data_blocks = opts.size / opts.block_size;
@@ -282,7 +284,15 @@ impl Pool {
                 return Err(PoolError::Exists(dir.to_path_buf()));
             }
         } else {
-            std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
+            // Missing parents as `mkdir -p` makes them; the pool's own directory is private
+            // (0700), like its files. A directory the user made keeps its mode.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err(parent, "create directory"))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir, "create directory"))?;
             partial.dir = Some(dir.to_path_buf());
         }
         let mpath = dir.join("metadata");

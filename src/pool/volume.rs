@@ -381,3 +381,35 @@ fn check_size_fits(size: u64, bs: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::io::{BlockDev, MemDev};
+    use crate::pool::{CreateOptions, Pool, PoolError};
+    use std::sync::Arc;
+
+    /// A name that an older version let in (here written straight into the details) still
+    /// resolves, and `rename` can replace it; only new names are checked.
+    #[test]
+    fn legacy_bad_names_can_be_renamed_and_removed() {
+        let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
+        let data: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
+        let mut o = CreateOptions::new(16 << 20);
+        o.block_size = 4096;
+        let mut p = Pool::create_on(meta, data, &o).unwrap();
+        for (name, legacy) in [("a", "a\nb"), ("c", "c\u{202e}d")] {
+            let id = p.create_volume(name, 1 << 20, false).unwrap();
+            let mut d = p.details(id).unwrap();
+            d.name = legacy.into();
+            p.put_details(id, &d).unwrap();
+        }
+        assert!(matches!(
+            p.rename("a\nb", "x\ny"),
+            Err(PoolError::InvalidName { .. })
+        ));
+        p.rename("a\nb", "fixed").unwrap();
+        p.remove_volume("c\u{202e}d").unwrap();
+        let names: Vec<String> = p.list().unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["fixed"]);
+    }
+}

@@ -115,6 +115,24 @@ pub fn thinpool_at(args: &[&str], stdin: Option<&[u8]>, cwd: Option<&Path>) -> O
     }
 }
 
+/// Run `thinpool ARGS...` under `umask MASK` (e.g. "022"), through `sh`, so file modes do
+/// not depend on the umask the tests happen to run with.
+pub fn thinpool_umask(mask: &str, args: &[&str]) -> Out {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run thinpool through sh");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A pool in a temporary directory (removed on drop), plus room for scratch files.
 pub struct TestPool {
     pub tmp: TempDir,

@@ -37,9 +37,10 @@ pub fn pool_dir(t: &tempfile::TempDir) -> PathBuf {
 }
 
 /// A handler that understands just enough commands (in the CLI's syntax) to test the
-/// control path: `snapshot POOL SRC NEW`, `remove POOL VOL [--force]`, `list POOL`.
+/// control path: `snapshot POOL SRC NEW`, `remove POOL VOL [--force]`, `list POOL`. It has
+/// no attached-volume guard (that is the CLI's, see [`Server::start_cli`]).
 pub fn test_handler() -> ControlHandler {
-    Box::new(|pool, argv, out, err| {
+    Box::new(|pool, argv, _attached, out, err| {
         let a: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
         let r = match a.get(1..).unwrap_or(&[]) {
             ["snapshot", _, src, new] => pool.snapshot(src, new, true).map(|_| ()),
@@ -77,11 +78,20 @@ impl Server {
     }
 
     pub fn start_with(opts: ServeOptions) -> Server {
+        Self::start_with_handler(opts, test_handler())
+    }
+
+    /// A server whose control socket runs the real CLI (`thinpool::cli::run_in_pool`).
+    pub fn start_cli(dir: &Path) -> Server {
+        Self::start_with_handler(ServeOptions::new(dir), Box::new(thinpool::cli::run_in_pool))
+    }
+
+    pub fn start_with_handler(opts: ServeOptions, handler: ControlHandler) -> Server {
         let dir = opts.pool_dir.clone();
         let socket = opts.socket.clone().unwrap_or_else(|| dir.join("nbd.sock"));
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
-        let thread = std::thread::spawn(move || serve_until(opts, test_handler(), s2));
+        let thread = std::thread::spawn(move || serve_until(opts, handler, s2));
         let t0 = Instant::now();
         // Connectable, not merely present: a stale socket file may exist before the start.
         let up = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
