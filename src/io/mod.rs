@@ -7,12 +7,14 @@
 //! - `flush` returns only when every completed write is durable; an error from it is final
 //!   (the caller fail-stops; it never retries and acknowledges).
 
+mod aligned;
 mod file;
 pub mod lock;
 mod mem;
 pub mod sim;
 pub mod sys;
 
+pub use aligned::{AlignedBuf, ALIGN};
 pub use file::FileDev;
 pub use mem::MemDev;
 pub use sim::{SimDev, SimGroup};
