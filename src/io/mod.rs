@@ -1,5 +1,6 @@
 //! Block devices: the bottom layer. Everything above does its I/O through [`BlockDev`], so every
-//! layer runs unchanged on a real file ([`FileDev`]) or on anonymous memory ([`MemDev`]).
+//! layer runs unchanged on a real file ([`FileDev`]: pread/pwrite; [`UringDev`]: io_uring) or on
+//! anonymous memory ([`MemDev`]).
 //!
 //! Invariants every implementation keeps:
 //! - `read_at` past the current end reads zeros (pool files are sparse and grow on demand);
@@ -17,12 +18,14 @@ mod mem;
 mod op;
 pub mod sim;
 pub mod sys;
+pub mod uring;
 
 pub use aligned::{AlignedBuf, ALIGN};
 pub use file::FileDev;
 pub use mem::MemDev;
 pub use op::{os_error, IoOp, OpError};
 pub use sim::{SimDev, SimGroup};
+pub use uring::UringDev;
 
 use std::io;
 
@@ -32,7 +35,8 @@ pub trait BlockDev: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Write all of `buf` at byte `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Run a batch of reads and writes, concurrently where the engine can, in no defined order. On failure, the error of the first op that
+    /// Run a batch of reads and writes, concurrently where the engine can ([`UringDev`]:
+    /// at queue depth), in no defined order. On failure, the error of the first op that
     /// failed, as an [`OpError`] naming it (the other ops may or may not have run). The
     /// default runs them one by one through `read_at`/`write_at`.
     fn submit_batch(&self, ops: &mut [IoOp<'_>]) -> io::Result<()> {
