@@ -1,6 +1,7 @@
 //! Block devices: the bottom layer. Everything above does its I/O through [`BlockDev`], so every
 //! layer runs unchanged on a real file ([`FileDev`]: pread/pwrite; [`UringDev`]: io_uring) or on
-//! anonymous memory ([`MemDev`]).
+//! anonymous memory ([`MemDev`]). [`open_data_dev`] opens a file with the engine asked for
+//! ([`Engine`]), falling back from io_uring to pread/pwrite where the kernel refuses it.
 //!
 //! Invariants every implementation keeps:
 //! - `read_at` past the current end reads zeros (pool files are sparse and grow on demand);
@@ -12,6 +13,7 @@
 
 mod aligned;
 mod direct;
+mod engine;
 mod file;
 pub mod lock;
 mod mem;
@@ -21,6 +23,7 @@ pub mod sys;
 pub mod uring;
 
 pub use aligned::{AlignedBuf, ALIGN};
+pub use engine::{open_data_dev, Engine};
 pub use file::FileDev;
 pub use mem::MemDev;
 pub use op::{os_error, IoOp, OpError};
