@@ -75,6 +75,16 @@ impl Model {
     }
 }
 
+/// The whole device reads as `m` says.
+fn assert_holds(kind: Kind, dev: &Arc<dyn BlockDev>, m: &Model) {
+    let mut all = vec![0xeeu8; m.0.len()];
+    dev.read_at(&mut all, 0).unwrap();
+    assert!(
+        all == m.0,
+        "{kind:?}: the device does not hold what was written"
+    );
+}
+
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| r.gen()).collect()
@@ -113,9 +123,7 @@ fn aligned_and_unaligned_reads_and_writes() {
         let mut odd = vec![0u8; 4096 + 3];
         dev.read_at(&mut odd[3..], 8192).unwrap();
         assert!(odd[3..] == m.expect(8192, 4096), "{kind:?}: odd buffer");
-        let mut whole = vec![0u8; m.0.len()];
-        dev.read_at(&mut whole, 0).unwrap();
-        assert!(whole == m.0, "{kind:?}: whole file");
+        assert_holds(kind, dev, &m);
     });
 }
 
@@ -202,9 +210,7 @@ fn a_batch_of_unaligned_writes_sharing_blocks_keeps_every_byte() {
         for (o, d) in &writes {
             m.write(*o, d);
         }
-        let mut all = vec![0u8; m.0.len()];
-        dev.read_at(&mut all, 0).unwrap();
-        assert!(all == m.0, "{kind:?}");
+        assert_holds(kind, dev, &m);
     });
 }
 
@@ -353,9 +359,7 @@ fn large_batches_and_large_ops() {
         for (i, d) in small.iter().enumerate() {
             m.write((4 << 20) + i as u64 * 4096, d);
         }
-        let mut all = vec![0u8; m.0.len()];
-        dev.read_at(&mut all, 0).unwrap();
-        assert!(all == m.0, "{kind:?}");
+        assert_holds(kind, dev, &m);
     });
 }
 

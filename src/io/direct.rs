@@ -182,6 +182,16 @@ enum Plan {
     },
 }
 
+impl Plan {
+    /// The start and bounce buffer of a read-modify-write deferred (`later`) or not.
+    fn rmw(&mut self, later: bool) -> Option<(u64, &mut AlignedBuf)> {
+        match self {
+            Plan::Rmw { a0, buf, later: l } if *l == later => Some((*a0, buf)),
+            _ => None,
+        }
+    }
+}
+
 /// Run a batch on `dev`: the entry point of both engines' reads, writes and batches.
 pub(crate) fn run_ops<D: RawIo + ?Sized>(
     dev: &D,
@@ -271,13 +281,8 @@ fn run_direct<D: RawIo + ?Sized>(
     let mut edge_ops = Vec::new();
     let mut edge_of = Vec::new();
     for (i, (op, plan)) in ops.iter().zip(plans.iter_mut()).enumerate() {
-        if let Plan::Rmw {
-            a0,
-            buf,
-            later: false,
-        } = plan
-        {
-            for e in edge_reads(*a0, op, buf) {
+        if let Some((a0, buf)) = plan.rmw(false) {
+            for e in edge_reads(a0, op, buf) {
                 edge_ops.push(e);
                 edge_of.push(i);
             }
@@ -287,17 +292,8 @@ fn run_direct<D: RawIo + ?Sized>(
         .map_err(|(k, e)| (edge_of[k], e))?;
     drop(edge_ops);
     for (op, plan) in ops.iter().zip(plans.iter_mut()) {
-        if let (
-            IoOp::Write { buf: data, offset },
-            Plan::Rmw {
-                a0,
-                buf,
-                later: false,
-            },
-        ) = (op, plan)
-        {
-            let at = (offset - *a0) as usize;
-            buf[at..at + data.len()].copy_from_slice(data);
+        if let Some((a0, buf)) = plan.rmw(false) {
+            copy_in(op, a0, buf);
         }
     }
 
@@ -330,25 +326,24 @@ fn run_direct<D: RawIo + ?Sized>(
 
     // 3. The deferred read-modify-writes, one at a time, in batch order.
     for (i, (op, plan)) in ops.iter().zip(plans.iter_mut()).enumerate() {
-        if let (
-            IoOp::Write { buf: data, offset },
-            Plan::Rmw {
-                a0,
-                buf,
-                later: true,
-            },
-        ) = (op, plan)
-        {
-            let mut edges = edge_reads(*a0, op, buf);
+        if let Some((a0, buf)) = plan.rmw(true) {
+            let mut edges = edge_reads(a0, op, buf);
             dev.raw_batch(&mut edges).map_err(|(_, e)| (i, e))?;
             drop(edges);
-            let at = (offset - *a0) as usize;
-            buf[at..at + data.len()].copy_from_slice(data);
-            dev.raw_batch(&mut [IoOp::write(buf, *a0)])
+            copy_in(op, a0, buf);
+            dev.raw_batch(&mut [IoOp::write(buf, a0)])
                 .map_err(|(_, e)| (i, e))?;
         }
     }
     Ok(())
+}
+
+/// Copy the data of the write `op` into its bounce buffer `buf`, which starts at `a0`.
+fn copy_in(op: &IoOp<'_>, a0: u64, buf: &mut AlignedBuf) {
+    if let IoOp::Write { buf: data, offset } = op {
+        let at = (offset - a0) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+    }
 }
 
 /// Reads of the partial blocks at the ends of the unaligned write `op`, into its bounce
