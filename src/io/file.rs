@@ -32,20 +32,9 @@ impl FileCore {
         if direct {
             o.custom_flags(libc::O_DIRECT);
         }
-        let file = o.open(path).map_err(|e| {
-            if direct && e.raw_os_error() == Some(libc::EINVAL) {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{}: the filesystem does not support O_DIRECT (direct I/O); tmpfs and \
-                         some FUSE or overlay filesystems refuse it: open the file without \
-                         direct I/O, or move it to a disk filesystem",
-                        path.display()
-                    ),
-                )
-            } else {
-                e
-            }
+        let file = o.open(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) if direct => direct_refused(path),
+            _ => e,
         })?;
         Self::from_file(file, direct)
     }
@@ -187,6 +176,19 @@ impl FileCore {
     }
 }
 
+/// The error for a filesystem that refuses O_DIRECT (its open fails with EINVAL).
+fn direct_refused(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{}: the filesystem does not support O_DIRECT (direct I/O), as tmpfs on older \
+             kernels and some FUSE or overlay filesystems do not: open the file without direct \
+             I/O, or move it to a disk filesystem",
+            path.display()
+        ),
+    )
+}
+
 fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
@@ -297,3 +299,20 @@ impl RawIo for FileDev {
 }
 
 direct::block_dev_via_raw_io!(FileDev);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_o_direct_says_so() {
+        let e = direct_refused(Path::new("/mnt/x/data"));
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let m = e.to_string();
+        assert!(
+            m.starts_with("/mnt/x/data: the filesystem does not support O_DIRECT"),
+            "{m}"
+        );
+        assert!(m.contains("without direct I/O"), "{m}");
+    }
+}
