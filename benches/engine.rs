@@ -156,7 +156,10 @@ fn volume_io(c: &mut Criterion) {
         b.iter(|| p.read(v, rng.gen_range(0..blocks) * BS, &mut buf).unwrap())
     });
     g.bench_function("4k randread provisioned: raw file", |b| {
-        b.iter(|| raw.read_at(&mut buf, rng.gen_range(0..blocks) * BS).unwrap())
+        b.iter(|| {
+            raw.read_at(&mut buf, rng.gen_range(0..blocks) * BS)
+                .unwrap()
+        })
     });
     let data = vec![0x3cu8; BS as usize];
     g.bench_function("4k randwrite in place: thinpool", |b| {

@@ -1,21 +1,34 @@
 //! Block devices: the bottom layer. Everything above does its I/O through [`BlockDev`], so every
-//! layer runs unchanged on a real file ([`FileDev`]) or on anonymous memory ([`MemDev`]).
+//! layer runs unchanged on a real file ([`FileDev`]: pread/pwrite; [`UringDev`]: io_uring) or on
+//! anonymous memory ([`MemDev`]). [`open_data_dev`] opens a file with the engine asked for
+//! ([`Engine`]), falling back from io_uring to pread/pwrite where the kernel refuses it.
 //!
 //! Invariants every implementation keeps:
 //! - `read_at` past the current end reads zeros (pool files are sparse and grow on demand);
 //! - `write_at` past the end grows the device (files) or fails with `ENOSPC` (fixed devices);
 //! - `flush` returns only when every completed write is durable; an error from it is final
-//!   (the caller fail-stops; it never retries and acknowledges).
+//!   (the caller fail-stops; it never retries and acknowledges);
+//! - `submit_batch` returns (or unwinds) only when no op of the batch is in flight: the kernel
+//!   never touches a buffer the caller got back.
 
+mod aligned;
+mod direct;
+mod engine;
 mod file;
 pub mod lock;
 mod mem;
+mod op;
 pub mod sim;
 pub mod sys;
+pub mod uring;
 
+pub use aligned::{AlignedBuf, ALIGN};
+pub use engine::{open_data_dev, Engine};
 pub use file::FileDev;
 pub use mem::MemDev;
+pub use op::{os_error, IoOp, OpError};
 pub use sim::{SimDev, SimGroup};
+pub use uring::UringDev;
 
 use std::io;
 
@@ -25,6 +38,20 @@ pub trait BlockDev: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Write all of `buf` at byte `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Run a batch of reads and writes, concurrently where the engine can ([`UringDev`]:
+    /// at queue depth), in no defined order. On failure, the error of the first op that
+    /// failed, as an [`OpError`] naming it (the other ops may or may not have run). The
+    /// default runs them one by one through `read_at`/`write_at`.
+    fn submit_batch(&self, ops: &mut [IoOp<'_>]) -> io::Result<()> {
+        for i in 0..ops.len() {
+            let r = match &mut ops[i] {
+                IoOp::Read { buf, offset } => self.read_at(buf, *offset),
+                IoOp::Write { buf, offset } => self.write_at(buf, *offset),
+            };
+            r.map_err(|e| op::batch_error(ops, i, e))?;
+        }
+        Ok(())
+    }
     /// Make every completed write durable (`fdatasync`).
     fn flush(&self) -> io::Result<()>;
     /// Current length in bytes.
