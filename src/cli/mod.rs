@@ -48,6 +48,27 @@ pub struct Cli {
     /// it). Without it such a pool opens only read-only, with a warning
     #[arg(long, global = true)]
     pub rewind: bool,
+    /// How the data file is read and written: auto (io_uring when this process may use it,
+    /// else pread/pwrite), uring, or sync (pread/pwrite). Default: $THINPOOL_IO_ENGINE, or
+    /// auto
+    #[arg(long, global = true, value_name = "ENGINE")]
+    pub io_engine: Option<crate::io::Engine>,
+}
+
+/// The options every command takes.
+#[derive(Debug, Clone, Copy)]
+struct Global {
+    rewind: bool,
+    engine: crate::io::Engine,
+}
+
+impl Global {
+    fn of(cli: &Cli) -> Global {
+        Global {
+            rewind: cli.rewind,
+            engine: cli.io_engine.unwrap_or_else(crate::io::Engine::from_env),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,7 +242,7 @@ pub fn main() -> ExitCode {
         .collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let code = match run(&cli.command, cli.rewind, &argv, &mut out)
+    let code = match run(&cli.command, Global::of(&cli), &argv, &mut out)
         .and_then(|c| Ok(out.flush().map(|()| c)?))
     {
         Ok(code) => code,
@@ -237,12 +258,12 @@ pub fn main() -> ExitCode {
 }
 
 /// Run a parsed command in this process; returns the exit code.
-fn run(cmd: &Command, rewind: bool, argv: &[String], out: &mut dyn Write) -> Result<i32> {
+fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result<i32> {
     let dir = match cmd {
         Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
-        Command::Serve(a) => return serve_cmd::run(a, rewind, out).map(|()| 0),
+        Command::Serve(a) => return serve_cmd::run(a, g.rewind, g.engine, out).map(|()| 0),
         _ => cmd.pool_dir().expect("every other command names a pool"),
     };
     if let Some(seq) = cmd.at_seq() {
@@ -255,6 +276,7 @@ fn run(cmd: &Command, rewind: bool, argv: &[String], out: &mut dyn Write) -> Res
         let opts = OpenOptions {
             read_only: true,
             at_seq: Some(seq),
+            engine: g.engine,
             ..OpenOptions::default()
         };
         let mut pool = Pool::open(dir, &opts)?;
@@ -287,7 +309,8 @@ fn run(cmd: &Command, rewind: bool, argv: &[String], out: &mut dyn Write) -> Res
     }
     let opts = OpenOptions {
         read_only: cmd.is_read_only(),
-        rewind,
+        rewind: g.rewind,
+        engine: g.engine,
         ..OpenOptions::default()
     };
     let mut pool = Pool::open(dir, &opts)?;
@@ -416,7 +439,7 @@ fn refuse_attached(
 /// Run one command line in this process as the binary would, for the demo.
 pub(crate) fn run_argv(argv: &[String], out: &mut dyn Write) -> Result<()> {
     let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
-    match run(&cli.command, cli.rewind, argv, out)? {
+    match run(&cli.command, Global::of(&cli), argv, out)? {
         0 => Ok(()),
         code => anyhow::bail!("`{}` exited with {code}", argv.join(" ")),
     }

@@ -31,9 +31,18 @@ pub struct ServeArgs {
     /// Commit new mappings at least this often (e.g. 1s, 500ms); overwrites in place are synced by FLUSH
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
+    /// Open the data file with O_DIRECT (like qemu-nbd --cache=none): the page cache is
+    /// bypassed, so guests do not cache twice and the engine itself is measured
+    #[arg(long)]
+    pub direct: bool,
 }
 
-pub fn run(a: &ServeArgs, rewind: bool, _out: &mut dyn Write) -> Result<()> {
+pub fn run(
+    a: &ServeArgs,
+    rewind: bool,
+    engine: crate::io::Engine,
+    _out: &mut dyn Write,
+) -> Result<()> {
     let opts = ServeOptions {
         pool_dir: a.pool.clone(),
         socket: a.socket.clone(),
@@ -43,6 +52,8 @@ pub fn run(a: &ServeArgs, rewind: bool, _out: &mut dyn Write) -> Result<()> {
         allow_remote: a.allow_remote,
         commit_interval: a.commit_interval,
         rewind,
+        engine,
+        direct: a.direct,
     };
     nbd::serve(opts, Box::new(super::run_in_pool))
         .with_context(|| format!("cannot serve pool {}", a.pool.display()))

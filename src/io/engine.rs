@@ -40,6 +40,18 @@ impl FromStr for Engine {
     }
 }
 
+impl Engine {
+    /// The engine `THINPOOL_IO_ENGINE` names (how the test suite runs everything on each
+    /// engine), or `Auto`. An unknown name is `Auto` too: the command line's `--io-engine`
+    /// is where a typo is an error.
+    pub fn from_env() -> Engine {
+        std::env::var("THINPOOL_IO_ENGINE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -42,6 +42,9 @@ pub struct ServeOptions {
     pub commit_interval: Duration,
     /// Accept a rewind past a damaged newest commit (see `OpenOptions::rewind`).
     pub rewind: bool,
+    /// The data file's I/O engine and O_DIRECT (see `OpenOptions`).
+    pub engine: crate::io::Engine,
+    pub direct: bool,
 }
 
 /// What a forwarded command returned.
@@ -63,6 +66,8 @@ impl ServeOptions {
             allow_remote: false,
             commit_interval: Duration::from_secs(1),
             rewind: false,
+            engine: crate::io::Engine::from_env(),
+            direct: false,
         }
     }
 }

@@ -34,6 +34,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that accepts no reply bytes for this long is dropped, so it cannot pin a worker
 /// (or hold up shutdown) forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the data file's dirty pages are put under writeback (see
+/// `SharedPool::writeback`).
+const WRITEBACK_EVERY: Duration = Duration::from_millis(100);
 /// How often the accept loop looks at the stop flags.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -396,6 +399,8 @@ pub fn run(
 ) -> io::Result<()> {
     let open = OpenOptions {
         rewind: opts.rewind,
+        engine: opts.engine,
+        direct: opts.direct,
         ..OpenOptions::default()
     };
     let mut pool = Pool::open(&opts.pool_dir, &open).map_err(pool_err)?;
@@ -464,6 +469,18 @@ pub fn run(
         std::thread::Builder::new()
             .name("nbd-commit".into())
             .spawn(move || commit_timer(&shared, every))?
+    };
+    let writeback = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("nbd-writeback".into())
+            .spawn(move || {
+                let mut last = 0;
+                while !shared.stopping() {
+                    std::thread::sleep(WRITEBACK_EVERY);
+                    shared.pool().writeback(&mut last);
+                }
+            })?
     };
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -542,6 +559,7 @@ pub fn run(
         let _ = h.join();
     }
     let _ = timer.join();
+    let _ = writeback.join();
     let res = match shared.pool().commit() {
         Err(PoolError::Poisoned) => Err(io::Error::other(
             "an internal error (panic) left the pool unusable; nothing committed since the \

@@ -17,7 +17,7 @@
 
 use super::details::Details;
 use super::{Pool, PoolError, Result, VolumeId};
-use crate::io::BlockDev;
+use crate::io::{BlockDev, IoOp};
 use crate::meta::btree::{pack_mapping, unpack_mapping, MAPPING};
 use crate::meta::{DataBlock, MetaError};
 
@@ -64,11 +64,38 @@ pub(crate) fn read_data(
         filled = (bend - offset) as usize;
     }
     buf[filled..].fill(0);
-    for (off, src, len) in runs.0 {
-        dev.read_at(&mut buf[src..src + len], off)
-            .map_err(Pool::data_err("read", off))?;
+    if let [(off, src, len)] = runs.0[..] {
+        return dev
+            .read_at(&mut buf[src..src + len], off)
+            .map_err(Pool::data_err("read", off));
     }
-    Ok(())
+    // Several runs: one batch (the io_uring engine keeps them all in flight at once). The
+    // runs are in buffer order and disjoint, so the buffer splits into their slices.
+    let mut ops = Vec::with_capacity(runs.0.len());
+    let mut rest: &mut [u8] = buf;
+    let mut at = 0usize;
+    for &(off, src, len) in &runs.0 {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(src - at);
+        let (piece, tail) = tail.split_at_mut(len);
+        ops.push(IoOp::read(piece, off));
+        rest = tail;
+        at = src + len;
+    }
+    dev.submit_batch(&mut ops).map_err(|e| batch_err("read", e))
+}
+
+/// A failed batch as a pool error naming the failed op's offset, with the OS error kept
+/// (ENOSPC and EDQUOT must stay recognisable, see `PoolError::errno`).
+fn batch_err(op: &'static str, e: std::io::Error) -> PoolError {
+    let offset = e
+        .get_ref()
+        .and_then(|x| x.downcast_ref::<crate::io::OpError>())
+        .map_or(0, |o| o.offset);
+    let source = match crate::io::os_error(&e) {
+        Some(errno) => std::io::Error::from_raw_os_error(errno),
+        None => e,
+    };
+    PoolError::DataIo { op, offset, source }
 }
 
 /// Step 3 of a write: the data I/O, issued without any metadata lock (it touches only the
@@ -105,13 +132,19 @@ pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[
             }
         }
     }
-    for (off, src, len) in &runs.0 {
+    if let ([(off, src, len)], []) = (&runs.0[..], &partial[..]) {
         dev.write_at(&data[*src..*src + *len], *off)
             .map_err(Pool::data_err("write", *off))?;
-    }
-    for (off, blk) in &partial {
-        dev.write_at(blk, *off)
-            .map_err(Pool::data_err("write", *off))?;
+    } else {
+        // One batch for every piece (the io_uring engine keeps them all in flight).
+        let mut ops: Vec<IoOp> = runs
+            .0
+            .iter()
+            .map(|&(off, src, len)| IoOp::write(&data[src..src + len], off))
+            .chain(partial.iter().map(|(off, blk)| IoOp::write(blk, *off)))
+            .collect();
+        dev.submit_batch(&mut ops)
+            .map_err(|e| batch_err("write", e))?;
     }
     // Newly mapped blocks are what the next commit must sync before its record: start
     // their writeback now, so the commit's fdatasync (which runs while requests wait, see

@@ -75,6 +75,12 @@ pub struct OpenOptions {
     /// refused ([`PoolError::NeedsRewind`]) unless this is set; then the pool opens at the
     /// newest intact commit and commits at once, so the rewind is recorded.
     pub rewind: bool,
+    /// How the data file is accessed: io_uring or pread/pwrite (`Auto`: io_uring when this
+    /// process may use it).
+    pub engine: crate::io::Engine,
+    /// Open the data file with O_DIRECT (the page cache bypassed, like `qemu-nbd
+    /// --cache=none`); unaligned requests go through aligned bounce buffers.
+    pub direct: bool,
 }
 
 impl Default for OpenOptions {
@@ -84,6 +90,8 @@ impl Default for OpenOptions {
             cache_blocks: DEFAULT_CACHE_BLOCKS,
             at_seq: None,
             rewind: false,
+            engine: crate::io::Engine::from_env(),
+            direct: false,
         }
     }
 }
@@ -363,7 +371,8 @@ impl Pool {
         let mdev = FileDev::open(&mpath, writable).map_err(io_err(&mpath, "open"))?;
         let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
         lock(&lockf, dir, writable)?;
-        let ddev = FileDev::open(&dpath, writable).map_err(io_err(&dpath, "open"))?;
+        let ddev = crate::io::open_data_dev(&dpath, writable, opts.direct, opts.engine)
+            .map_err(io_err(&dpath, "open"))?;
         let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
         let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
         refuse_silent_rewind(&report, opts)?;
@@ -392,7 +401,7 @@ impl Pool {
         let mut pool = Pool {
             dir: dir.to_path_buf(),
             tm,
-            data: Arc::new(ddev),
+            data: ddev,
             _lock: Some(lockf),
             block_size,
             details_root,
