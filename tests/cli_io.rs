@@ -275,3 +275,66 @@ fn input_file_errors() {
     );
     assert_eq!(tp.vol("vm")["mapped_blocks"], 0);
 }
+
+/// `--io-engine` picks the data file's engine for every command; both engines read what the
+/// other wrote, and an unknown engine is a usage error.
+#[test]
+fn io_engines_read_each_others_writes() {
+    let tp = TestPool::new("64M", "64K");
+    tp.run(&["create", "{}", "v", "--size", "4M"]).ok();
+    let data = pattern(5, (1 << 20) + 777);
+    let f = tp.put("in.bin", &data);
+    tp.run(&[
+        "--io-engine",
+        "uring",
+        "write",
+        "{}",
+        "v",
+        "--offset",
+        "4097",
+        &f,
+    ])
+    .ok();
+    let out = tp
+        .run(&[
+            "read",
+            "{}",
+            "v",
+            "--io-engine",
+            "sync",
+            "--offset",
+            "4097",
+            "--length",
+            "1049353",
+        ])
+        .ok();
+    assert_eq!(out.stdout, data);
+    tp.run(&[
+        "--io-engine",
+        "sync",
+        "write",
+        "{}",
+        "v",
+        "--offset",
+        "3",
+        &f,
+    ])
+    .ok();
+    let out = tp
+        .run(&[
+            "--io-engine",
+            "uring",
+            "read",
+            "{}",
+            "v",
+            "--offset",
+            "3",
+            "--length",
+            "1049353",
+        ])
+        .ok();
+    assert_eq!(out.stdout, data);
+    tp.run(&["--io-engine", "fast", "list", "{}"])
+        .fails(2, "auto, uring or sync");
+    tp.check_clean();
+}

@@ -7,11 +7,24 @@ use std::process::Command;
 
 #[test]
 fn fio_randrw_verify_multi_conn() {
+    fio_verify(false);
+}
+
+/// The same through `serve --direct` (O_DIRECT data file): requests from 512 bytes to
+/// 128 KiB at any sector, so most are unaligned and go through read-modify-write.
+#[test]
+fn fio_randrw_verify_multi_conn_direct() {
+    fio_verify(true);
+}
+
+fn fio_verify(direct: bool) {
     if !have_tools(&["fio"]) {
         return;
     }
     let t = make_pool(&[("vol", 256 * MIB)], 64 << 10);
-    let srv = Server::start(&pool_dir(&t));
+    let mut opts = thinpool::nbd::ServeOptions::new(pool_dir(&t));
+    opts.direct = direct;
+    let srv = Server::start_with(opts);
     // fio leaves verify state files in its working directory: keep them in the temp dir.
     let o = run(Command::new("fio").current_dir(t.path()).args([
         "--name=thinpool",
@@ -41,7 +54,7 @@ fn fio_randrw_verify_multi_conn() {
     assert!(job["write"]["io_bytes"].as_u64().unwrap() > 0);
     assert!(job["read"]["io_bytes"].as_u64().unwrap() > 0);
     eprintln!(
-        "fio randrw: read {} KiB/s, write {} KiB/s",
+        "fio randrw (direct: {direct}): read {} KiB/s, write {} KiB/s",
         job["read"]["bw"], job["write"]["bw"]
     );
     srv.stop().unwrap();

@@ -33,7 +33,12 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --release
+# The whole suite on each data-file engine: the default (auto: io_uring where this process may
+# use it) and the pread/pwrite fallback that containers without io_uring get (issue 9).
+echo "== cargo test, io engine: auto ($(./target/release/thinpool --version))"
 cargo test --release 2>&1 | tee /tmp/thinpool-test.log
+echo "== cargo test, io engine: sync (THINPOOL_IO_ENGINE=sync)"
+THINPOOL_IO_ENGINE=sync cargo test --release 2>&1 | tee /tmp/thinpool-test-sync.log
 
 # Crash injection on every change (issue 3): >= 20,000 simulated crash states over 4 seeds,
 # then 30 rounds of SIGKILL against the real binary on real files.
