@@ -315,6 +315,21 @@ impl Tm {
         }
     }
 
+    /// Levels above the leaves (0 for a tree that is one leaf), following the first child.
+    /// Bounded: a path longer than 64 levels is damage.
+    pub fn btree_height(&mut self, root: BlockRef, kind: TreeKind) -> Result<u64> {
+        let mut r = root;
+        for h in 0..64 {
+            let blk = self.read_node(r, kind)?;
+            let n = Node(&blk);
+            if n.is_leaf() || n.nr() == 0 {
+                return Ok(h);
+            }
+            r = n.child(0);
+        }
+        Err(MetaError::corrupt(root.block, "tree deeper than 64 levels"))
+    }
+
     /// Look up a `u64` value and whether any node on its path is shared with another tree.
     pub fn btree_lookup_shared(
         &mut self,

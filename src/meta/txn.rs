@@ -96,6 +96,11 @@ pub struct Tm {
     page_memo: HashMap<(u8, u64), BlockRef>,
     prot_memo: HashMap<(u8, u8, u64), Option<BlockRef>>,
     pub read_only: bool,
+    /// Metadata blocks the last commit freed (zero in S, not in S-1): free by the space map
+    /// but protected from reuse until the next commit, so not available to allocate.
+    meta_freed_last: u64,
+    /// The same count for the commit being applied.
+    meta_freed_now: u64,
     failed: Option<String>,
     /// Test-only fault switch: write the record before syncing the new metadata blocks.
     pub broken_commit_order: bool,
@@ -245,6 +250,9 @@ impl Tm {
         } else if old2 != 0 && new2 == 0 {
             spacemap::set_page_nr_free(page, nf + 1);
             self.sm_mut(k).nr_allocated -= 1;
+            if k == SmKind::Meta {
+                self.meta_freed_now += 1;
+            }
         }
         if count >= 3 {
             let mut root = self.sm(k).roots.overflow;
@@ -352,6 +360,13 @@ impl Tm {
         Ok(MetaBlock(b))
     }
 
+    /// Metadata blocks an operation may still allocate: the free estimate less the reserve
+    /// kept for the commit itself (below it `alloc_meta` refuses).
+    pub fn meta_headroom(&self) -> u64 {
+        self.meta_free_estimate()
+            .saturating_sub(self.meta_freed_last + META_RESERVE)
+    }
+
     /// Free metadata blocks, counting this transaction's allocations (not its frees).
     pub fn meta_free_estimate(&self) -> u64 {
         let allocated = self.msm.nr_allocated as i64 + self.pending_alloc;
@@ -409,12 +424,18 @@ impl Tm {
     }
 
     /// Data blocks the last commit freed: count zero in S, not zero in S-1 (empty when the
-    /// record names no S-1). Only bitmap pages whose block differs between the two states
-    /// can hold one; both index trees are walked once, and only differing pages are read.
-    /// A process that reopens the pool punches these after its first commit, since the one
-    /// that freed them exited before it could (see `Pool::force_commit`).
+    /// record names no S-1). A process that reopens the pool punches these after its first
+    /// commit, since the one that freed them exited before it could (see
+    /// `Pool::force_commit`).
     pub fn data_freed_by_last_commit(&mut self) -> Result<Vec<u64>> {
-        let [Some(s), Some(prev)] = self.dsm.protected else {
+        self.freed_by_last_commit(SmKind::Data)
+    }
+
+    /// Blocks of a space map the last commit freed: count zero in S, not zero in S-1. Only
+    /// bitmap pages whose block differs between the two states can hold one; both index
+    /// trees are walked once, and only differing pages are read.
+    fn freed_by_last_commit(&mut self, k: SmKind) -> Result<Vec<u64>> {
+        let [Some(s), Some(prev)] = self.sm(k).protected else {
             return Ok(Vec::new());
         };
         if s == prev {
@@ -429,7 +450,7 @@ impl Tm {
             Ok(m)
         };
         let (now, before) = (pages(s)?, pages(prev)?);
-        let nr_blocks = self.dsm.nr_blocks;
+        let nr_blocks = self.sm(k).nr_blocks;
         let mut freed = Vec::new();
         for (pi, r) in now {
             let Some(&p) = before.get(&pi) else { continue };
@@ -574,6 +595,7 @@ impl Tm {
         self.shadowed.clear();
         self.page_memo.clear();
         self.data_freed.clear();
+        self.meta_freed_now = 0;
         let last = self.last.clone();
         self.msm = sm_from_record(SmKind::Meta, &last, self.msm.protected, self.msm.cursor);
         self.dsm = sm_from_record(SmKind::Data, &last, self.dsm.protected, self.dsm.cursor);
@@ -705,6 +727,7 @@ impl Tm {
         self.shadowed.clear();
         self.last = rec;
         self.gen += 1;
+        self.meta_freed_last = std::mem::take(&mut self.meta_freed_now);
     }
 
     // ----- create / open --------------------------------------------------------------------
@@ -758,6 +781,8 @@ impl Tm {
             page_memo: HashMap::new(),
             prot_memo: HashMap::new(),
             read_only: false,
+            meta_freed_last: 0,
+            meta_freed_now: 0,
             failed: None,
             broken_commit_order: false,
         };
@@ -887,9 +912,15 @@ impl Tm {
             page_memo: HashMap::new(),
             prot_memo: HashMap::new(),
             read_only,
+            meta_freed_last: 0,
+            meta_freed_now: 0,
             failed: None,
             broken_commit_order: false,
         };
+        let mut tm = tm;
+        if !read_only {
+            tm.meta_freed_last = tm.freed_by_last_commit(SmKind::Meta)?.len() as u64;
+        }
         let report = OpenReport {
             slots,
             chosen_seq: rec.seq,

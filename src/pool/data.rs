@@ -16,9 +16,10 @@
 //! - Discard unmaps whole blocks and zeroes the covered part of partial edge blocks.
 
 use super::details::Details;
+use super::details::DETAILS;
 use super::{Pool, PoolError, Result, VolumeId};
 use crate::io::{BlockDev, IoOp};
-use crate::meta::btree::{pack_mapping, unpack_mapping, MAPPING};
+use crate::meta::btree::{pack_mapping, unpack_mapping, DEV_ROOTS, MAPPING, SM_INDEX, SM_OVERFLOW};
 use crate::meta::{DataBlock, MetaError};
 
 /// Blocks unmapped per batch in a discard (bounds the memory of a huge discard).
@@ -261,7 +262,7 @@ impl Pool {
         }
         self.tm.check_writable()?;
         match self.write_inner(id, d.snap_time, offset, data) {
-            Err(PoolError::Meta(MetaError::NoDataSpace)) => {
+            Err(PoolError::Meta(MetaError::NoDataSpace | MetaError::NoMetadataSpace)) => {
                 // Blocks freed by the last two commits are protected from reuse; two more
                 // commits release them. Retry once.
                 self.force_commit()?;
@@ -288,7 +289,7 @@ impl Pool {
         let plan = self.plan_write(id, snap_time, offset, data.len() as u64)?;
         let io = write_data(self.data.as_ref(), self.block_size(), &plan, data);
         self.note_data_write();
-        if let Err(e) = io {
+        if let Err(e) = io.and_then(|()| self.finish_fits(&plan)) {
             self.release_plan(&plan)?;
             return Err(e);
         }
@@ -376,6 +377,47 @@ impl Pool {
                 // the next write needs). Punching only reclaims space; a failure is harmless.
                 let _ = self.data.punch_hole(new * self.block_size, self.block_size);
             }
+        }
+        Ok(())
+    }
+
+    /// Before step 4, under the metadata lock: fail with ENOSPC, changing nothing, when
+    /// metadata might run out half-way through mapping the plan's new blocks (a tree update
+    /// that fails half-way abandons the whole transaction). The caller then releases the
+    /// plan. The bound is generous: k sorted keys inserted into a tree of height h touch
+    /// at most k / 80 + 2 nodes per level (half-full nodes hold more than 80 keys), on
+    /// h + 1 levels plus one for a new root, and each touched node may be shadowed (one new
+    /// block) and split (one more).
+    pub(crate) fn finish_fits(&mut self, plan: &WritePlan) -> Result<()> {
+        let (mut news, mut cows) = (0u64, 0u64);
+        for (_, t) in &plan.targets {
+            if let Target::New { old, .. } = t {
+                news += 1;
+                cows += old.is_some() as u64;
+            }
+        }
+        if news == 0 {
+            return Ok(());
+        }
+        let tree = |k: u64, h: u64| (h + 2) * 2 * (k / 80 + 2);
+        let root = self.vol_root(plan.id)?;
+        let h_map = self.tm.btree_height(root, MAPPING)?;
+        let h_details = self.tm.btree_height(self.details_root, DETAILS)?;
+        let h_top = self.tm.btree_height(self.top_root, DEV_ROOTS)?;
+        // The mapping tree, then the details and top-level trees (one key each).
+        let mut need = tree(news, h_map) + tree(1, h_details) + tree(1, h_top);
+        if cows > 0 {
+            // Releasing the replaced blocks: their space-map pages, the index above them,
+            // and the overflow tree for counts of three or more.
+            let pages = cows.min(self.tm.dsm.nr_pages());
+            let h_index = self.tm.btree_height(self.tm.dsm.roots.index, SM_INDEX)?;
+            let h_over = self
+                .tm
+                .btree_height(self.tm.dsm.roots.overflow, SM_OVERFLOW)?;
+            need += pages + tree(pages, h_index) + tree(cows, h_over);
+        }
+        if self.tm.meta_headroom() < need {
+            return Err(MetaError::NoMetadataSpace.into());
         }
         Ok(())
     }

@@ -170,7 +170,9 @@ impl SharedPool {
                 Ok(plan) => {
                     let io = write_data(self.data.as_ref(), bs, &plan, data);
                     let mut p = self.lock()?;
-                    return match io {
+                    // Out of metadata: ENOSPC for this write, nothing changed (not the
+                    // fail-stop a half-done tree update would need).
+                    let res = match io.and_then(|()| p.finish_fits(&plan)) {
                         Ok(()) => p.finish_write(plan).inspect_err(|e| {
                             // finish_write returned to the last commit while other
                             // writes hold plans against the abandoned transaction:
@@ -182,13 +184,19 @@ impl SharedPool {
                             Err(e)
                         }
                     };
+                    match res {
+                        Err(PoolError::Meta(MetaError::NoMetadataSpace)) => {} // retried below
+                        r => return r,
+                    }
                 }
-                Err(PoolError::Meta(MetaError::NoDataSpace)) => {} // retried below
+                // Retried below.
+                Err(PoolError::Meta(MetaError::NoDataSpace | MetaError::NoMetadataSpace)) => {}
                 Err(e) => return Err(e),
             }
         }
         // Out of space: blocks freed by the last commits are protected until two more
-        // commits; with every request drained, the single-threaded path commits and retries.
+        // commits; with every request drained, the single-threaded path commits and retries
+        // (and fails with ENOSPC, changing nothing, if that does not help).
         let mut ex = self.exclusive()?;
         ex.pool.shared = false;
         let r = ex.pool.write(id, offset, data);
@@ -477,6 +485,101 @@ mod tests {
         // gate before recording its mapping: nothing is left for a later commit.
         assert_eq!(dev.flushes.load(Ordering::SeqCst), f0 + 1);
         assert!(!sp.lock().unwrap().metadata_dirty());
+    }
+
+    /// A data device that keeps nothing (reads zeros): lets a test map millions of blocks.
+    #[derive(Default)]
+    struct NullDev(std::sync::atomic::AtomicU64);
+
+    impl BlockDev for NullDev {
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.0
+                .fetch_max(offset + buf.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn punch_hole(&self, _offset: u64, _len: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn ensure_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.fetch_max(len, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Metadata exhaustion under concurrent served writes fails those writes with ENOSPC
+    /// and leaves the pool serving (issue 10: it used to fail-stop the whole pool, since a
+    /// tree update ran out of blocks half-way and the transaction had to be abandoned).
+    #[test]
+    fn metadata_exhaustion_under_concurrent_writes_is_enospc_not_fail_stop() {
+        let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(4 << 20).unwrap());
+        let data: Arc<dyn BlockDev> = Arc::new(NullDev::default());
+        let mut o = CreateOptions::new(4 << 30);
+        o.block_size = 4096;
+        o.metadata_size = Some(4 << 20);
+        let mut p = Pool::create_on(meta.clone(), data, &o).unwrap();
+        let id = p.create_volume("v", 1 << 42, false).unwrap();
+        let sp = Arc::new(SharedPool::new(p));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let sp = sp.clone();
+                std::thread::spawn(move || {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(t);
+                    let mut ok = Vec::new();
+                    for i in 0..200_000u64 {
+                        // Scattered blocks: every write needs its own leaf slot.
+                        let vb = (rng.gen_range(0..1u64 << 24) << 2) | t;
+                        match sp.write(id, vb * 4096, &[1u8; 4096]) {
+                            Ok(()) => ok.push(vb),
+                            Err(e) => return (ok, Some(e.errno()), i),
+                        }
+                        if i % 5000 == 4999 {
+                            sp.commit().unwrap();
+                        }
+                    }
+                    (ok, None, 0)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+        for (_, err, _) in &results {
+            assert_eq!(*err, Some(libc::ENOSPC), "metadata never ran out");
+        }
+        {
+            let p = sp.lock().unwrap();
+            assert!(
+                p.tm.failed().is_none(),
+                "the pool fail-stopped: {:?}",
+                p.tm.failed()
+            );
+        }
+        // Still serving: reads, overwrites in place (no metadata needed), commits; more new
+        // blocks are still refused with ENOSPC, not EIO.
+        let mut b = vec![0u8; 4096];
+        for (ok, _, _) in &results {
+            let vb = ok[ok.len() / 2];
+            sp.read(id, vb * 4096, &mut b).unwrap();
+            sp.write(id, vb * 4096, &[2u8; 4096]).unwrap();
+        }
+        sp.commit().unwrap();
+        let e = sp.write(id, 3 * 4096, &[3u8; 4096]).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+        sp.commit().unwrap();
+        let r = crate::check::check(meta, None);
+        assert!(
+            r.is_clean(),
+            "{:?}",
+            r.errors().map(|f| f.to_string()).collect::<Vec<_>>()
+        );
     }
 
     /// FLUSHes that arrive while a commit runs are served by one next commit, not one each.
