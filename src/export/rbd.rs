@@ -462,6 +462,12 @@ pub fn import_diff(
         if pool.find(t).is_ok() {
             return Err(ExportError::ToSnapExists(t.clone()));
         }
+        // Refused now, not after the data went in: the snapshot is taken after the commit,
+        // where a failure could no longer roll the target back.
+        crate::pool::details::validate_name(t).map_err(|why| PoolError::InvalidName {
+            name: t.clone(),
+            why,
+        })?;
     }
     if let Some(s) = rep.size {
         progress.set_total(s);
