@@ -393,4 +393,32 @@ mod regressions {
         assert!(r.is_err());
         assert_eq!(read_volume(&mut p, "b").unwrap(), before);
     }
+    /// journal_in_pool (debug build: "attempt to add with overflow" in open): a valid record
+    /// with seq u64::MAX made the next commit's number wrap to 0. Such records are invalid.
+    #[test]
+    fn a_record_with_an_exhausted_seq_is_invalid() {
+        use thinpool::meta::journal::{slot_blocks, Record, MAX_SEQ};
+        let f = fixture();
+        for seq in [u64::MAX, u64::MAX - 1, MAX_SEQ + 1] {
+            let mut r = f.newest.clone();
+            r.seq = seq;
+            r.slot = 0;
+            let b = slot_blocks(f.label.ring_slots, 0)[0];
+            assert!(Record::decode(&r.encode(&f.uuid, b), &f.uuid, b, 0).is_err());
+        }
+    }
+
+    /// label_in_pool (debug build: "attempt to multiply with overflow"): a label whose
+    /// metadata size in bytes overflows u64 wrapped to a small size and passed open's
+    /// truncation check. It is refused now.
+    #[test]
+    fn a_label_size_that_overflows_is_refused() {
+        let f = fixture();
+        let (meta, data) = f.devs();
+        let mut l = f.label.clone();
+        l.meta_blocks = (1 << 52) + 256; // * 4096 wraps to 1 MiB
+        meta.poke(0, &l.encode());
+        let e = Pool::open_on(meta, data, &ro()).err().expect("refused");
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
 }

@@ -592,7 +592,7 @@ impl Checker {
                     ),
                 );
             }
-            let base = pi * ENTRIES_PER_PAGE;
+            let base = pi.saturating_mul(ENTRIES_PER_PAGE);
             let n = (nr_blocks.saturating_sub(base)).min(ENTRIES_PER_PAGE) as usize;
             let mut zeros = 0u32;
             for i in 0..n {

@@ -548,7 +548,7 @@ fn apply(
             Record::Zero { offset, length } => {
                 check(offset, length)?;
                 pool.discard(vid, offset, length)?;
-                rep.zero_bytes += length;
+                rep.zero_bytes = rep.zero_bytes.saturating_add(length);
                 progress.inc(length);
             }
             Record::Write { offset, length } => {
@@ -561,7 +561,7 @@ fn apply(
                     done += n as u64;
                     progress.inc(n as u64);
                 }
-                rep.data_bytes += length;
+                rep.data_bytes = rep.data_bytes.saturating_add(length);
             }
         }
         rec = rd.next_record()?;

@@ -523,6 +523,7 @@ fn slot_is_valid(buf: &[u8], uuid: &[u8; 16], b: u64, slot: u32) -> bool {
         && &buf[24..40] == uuid
         && block::get_u32(buf, 72) == slot
         && block::generation(buf) == block::get_u64(buf, 64)
+        && block::get_u64(buf, 64) <= journal::MAX_SEQ
 }
 
 /// `Record::decode` accepts exactly the slots that follow the documented rules, and what

@@ -336,7 +336,8 @@ pub fn read_block(dev: &dyn BlockDev, b: u64) -> Vec<u8> {
 pub fn pattern(tag: u64, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
-            let x = (offset + i).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tag.wrapping_mul(0x5851);
+            let x = offset.wrapping_add(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ tag.wrapping_mul(0x5851);
             (x >> 56) as u8 | 1
         })
         .collect()

@@ -328,10 +328,10 @@ fn parse(s: &[u8]) -> Option<Parsed> {
                 off.checked_add(len)?;
                 if tag == b'w' {
                     let bytes = take(len)?.to_vec();
-                    p.data_bytes += len;
+                    p.data_bytes = p.data_bytes.saturating_add(len);
                     p.data.push(Data::Write(off, bytes));
                 } else {
-                    p.zero_bytes += len;
+                    p.zero_bytes = p.zero_bytes.saturating_add(len);
                     p.data.push(Data::Zero(off, len));
                 }
             }
