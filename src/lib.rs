@@ -17,6 +17,8 @@ pub mod check;
 pub mod cli;
 pub mod crash;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod meta;
 pub mod nbd;

@@ -40,6 +40,13 @@ cargo test --release 2>&1 | tee /tmp/thinpool-test.log
 echo "== cargo test, io engine: sync (THINPOOL_IO_ENGINE=sync)"
 THINPOOL_IO_ENGINE=sync cargo test --release 2>&1 | tee /tmp/thinpool-test-sync.log
 
+# Fuzzing in every CI run (issue 10): tests/fuzz.rs ran above; each target printed its count
+# and time. Sum them, and fail when they fell below the 100,000 inputs a run must try.
+grep '^fuzz: .* cases in' /tmp/thinpool-test.log |
+  awk '{ n += $3; t += $6; print } END {
+    printf "fuzz: total %d cases in %.1f s of test time\n", n, t
+    if (n < 100000) { print "fuzz: fewer than 100000 cases" > "/dev/stderr"; exit 1 } }'
+
 # Crash injection on every change (issue 3): >= 20,000 simulated crash states over 4 seeds,
 # then 30 rounds of SIGKILL against the real binary on real files.
 ./target/release/thinpool crashtest --seed 1 --seeds 4 --ops 1000

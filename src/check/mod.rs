@@ -95,6 +95,9 @@ fn damaged_roots(rep: &mut Report, meta: Arc<dyn BlockDev>) {
     }
 }
 
+/// `Checker::memo` value of a node whose subtree is being visited.
+const IN_PROGRESS: u64 = u64::MAX;
+
 struct Checker {
     dev: Arc<dyn BlockDev>,
     label: Label,
@@ -259,28 +262,65 @@ impl Checker {
         for (is_meta, nr, allocated, c2, loc) in sms {
             self.compare_space_map(is_meta, nr, allocated, &c2, &loc);
         }
-        // The previous state's index roots must still be intact (allocation protection).
+        // The previous state's space maps must still be intact (allocation protection):
+        // the allocator reads their index and pages before it hands out a block, so damage
+        // there makes every allocation of that space map fail.
         for id in [RootId::PrevDataIndex, RootId::PrevMetaIndex] {
             let root = self.rec.root(id);
             if root.r.block.0 == 0 {
                 continue;
             }
-            match self.read(root.r.block, BlockType::Node) {
-                Ok(raw) if block::generation(&raw) == root.r.gen => {}
-                Ok(_) => self.rep.warning(
+            let mut seen = std::collections::HashSet::new();
+            if let Err((b, msg)) = self.prev_index(root.r, 0, &mut seen) {
+                self.rep.error(
                     "journal",
-                    Some(root.r.block),
+                    Some(b),
                     "",
-                    format!("{id:?}: previous state's root has another generation"),
-                ),
-                Err(e) => self.rep.warning(
-                    "journal",
-                    Some(root.r.block),
-                    "",
-                    format!("{id:?}: previous state's root is unreadable: {e}"),
-                ),
+                    format!(
+                        "{id:?}: the previous commit's space map is damaged ({msg}); \
+                         allocations read it, so writes fail"
+                    ),
+                );
             }
         }
+    }
+
+    /// Read a previous state's space-map index and the bitmap pages it names (reachable
+    /// blocks only verified, not counted: that state holds no references of its own).
+    fn prev_index(
+        &self,
+        r: BlockRef,
+        depth: u32,
+        seen: &mut std::collections::HashSet<u64>,
+    ) -> Result<(), (MetaBlock, String)> {
+        if depth > 64 || !seen.insert(r.block.0) {
+            return Err((r.block, "the index tree loops".into()));
+        }
+        let raw = self
+            .read(r.block, BlockType::Node)
+            .map_err(|e| (r.block, e.to_string()))?;
+        if block::generation(&raw) != r.gen {
+            return Err((r.block, "a node has another generation".into()));
+        }
+        let n = Node(&raw);
+        n.validate_shape().map_err(|e| (r.block, e))?;
+        if n.value_size() != 16 {
+            return Err((r.block, "not a space-map index node".into()));
+        }
+        for i in 0..n.nr() {
+            let c = n.child(i);
+            if !n.is_leaf() {
+                self.prev_index(c, depth + 1, seen)?;
+                continue;
+            }
+            let page = self
+                .read(c.block, BlockType::Bitmap)
+                .map_err(|e| (c.block, e.to_string()))?;
+            if block::generation(&page) != c.gen {
+                return Err((c.block, "a bitmap page has another generation".into()));
+            }
+        }
+        Ok(())
     }
 
     fn add_meta_ref(&mut self, b: MetaBlock) {
@@ -367,9 +407,21 @@ impl Checker {
         f: &mut dyn FnMut(&mut Self, u64, &[u8]),
     ) -> u64 {
         self.add_meta_ref(r.block);
-        if let Some(&n) = self.memo.get(&r.block.0) {
-            return n; // shared node: checked on its first visit
+        match self.memo.get(&r.block.0) {
+            Some(&IN_PROGRESS) => {
+                // A node below itself: its tree loops (a damaged or forged pointer).
+                self.rep.error(
+                    "node",
+                    Some(r.block),
+                    loc,
+                    "a child pointer leads back to this node: the tree loops",
+                );
+                return 0;
+            }
+            Some(&n) => return n, // shared node: checked on its first visit
+            None => {}
         }
+        self.memo.insert(r.block.0, IN_PROGRESS);
         let at = format!(
             "{loc}, keys {lo}..{}",
             if hi == u64::MAX {
@@ -540,7 +592,7 @@ impl Checker {
                     ),
                 );
             }
-            let base = pi * ENTRIES_PER_PAGE;
+            let base = pi.saturating_mul(ENTRIES_PER_PAGE);
             let n = (nr_blocks.saturating_sub(base)).min(ENTRIES_PER_PAGE) as usize;
             let mut zeros = 0u32;
             for i in 0..n {

@@ -468,6 +468,12 @@ pub fn import_diff(
         if pool.find(t).is_ok() {
             return Err(ExportError::ToSnapExists(t.clone()));
         }
+        // Refused now, not after the data went in: the snapshot is taken after the commit,
+        // where a failure could no longer roll the target back.
+        crate::pool::details::validate_name(t).map_err(|why| PoolError::InvalidName {
+            name: t.clone(),
+            why,
+        })?;
     }
     if let Some(s) = rep.size {
         progress.set_total(s);
@@ -548,7 +554,7 @@ fn apply(
             Record::Zero { offset, length } => {
                 check(offset, length)?;
                 pool.discard(vid, offset, length)?;
-                rep.zero_bytes += length;
+                rep.zero_bytes = rep.zero_bytes.saturating_add(length);
                 progress.inc(length);
             }
             Record::Write { offset, length } => {
@@ -561,7 +567,7 @@ fn apply(
                     done += n as u64;
                     progress.inc(n as u64);
                 }
-                rep.data_bytes += length;
+                rep.data_bytes = rep.data_bytes.saturating_add(length);
             }
         }
         rec = rd.next_record()?;

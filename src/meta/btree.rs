@@ -79,6 +79,19 @@ pub fn kind_by_id(id: u32, details_value_size: usize) -> Option<TreeKind> {
 pub const DETAILS_KIND_ID: u32 = 5;
 
 const INTERNAL_VALUE: usize = 16;
+/// No real tree is this deep (a level multiplies the keys by at least two); a path that
+/// goes deeper loops through a damaged or forged child pointer.
+const MAX_DEPTH: usize = 64;
+
+fn check_depth(depth: usize, at: MetaBlock) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(MetaError::corrupt(
+            at,
+            format!("a tree path is deeper than {MAX_DEPTH} levels: a child pointer loops"),
+        ));
+    }
+    Ok(())
+}
 const FLAG_LEAF: u32 = 1;
 
 /// Encode a data mapping value.
@@ -302,7 +315,10 @@ impl Tm {
         key: u64,
     ) -> Result<Option<Vec<u8>>> {
         let mut r = root;
+        let mut depth = 0;
         loop {
+            check_depth(depth, r.block)?;
+            depth += 1;
             let blk = self.read_node(r, kind)?;
             let n = Node(&blk);
             if n.is_leaf() {
@@ -339,7 +355,10 @@ impl Tm {
     ) -> Result<Option<(u64, bool)>> {
         let mut r = root;
         let mut shared = false;
+        let mut depth = 0;
         loop {
+            check_depth(depth, r.block)?;
+            depth += 1;
             if !shared && self.meta_count(r.block)? > 1 {
                 shared = true;
             }
@@ -356,6 +375,8 @@ impl Tm {
     }
 
     /// Visit every entry with `lo <= key < hi` in key order; the visitor returns false to stop.
+    /// A damaged tree whose keys come out of order (or below `lo`) is reported as corrupt
+    /// instead: callers rely on the order (a read places mappings by it).
     pub fn btree_walk(
         &mut self,
         root: BlockRef,
@@ -364,6 +385,21 @@ impl Tm {
         hi: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<bool> {
+        self.walk_rec(root, kind, lo, hi, 0, &mut None, f)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_rec(
+        &mut self,
+        root: BlockRef,
+        kind: TreeKind,
+        lo: u64,
+        hi: u64,
+        depth: usize,
+        last: &mut Option<u64>,
+        f: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<bool> {
+        check_depth(depth, root.block)?;
         let blk = self.read_node(root, kind)?;
         let n = Node(&blk);
         if n.is_leaf() {
@@ -375,6 +411,13 @@ impl Tm {
                 if k >= hi {
                     return Ok(false);
                 }
+                if k < lo || last.is_some_and(|l| k <= l) {
+                    return Err(MetaError::corrupt(
+                        root.block,
+                        format!("key {k} is out of order in its tree"),
+                    ));
+                }
+                *last = Some(k);
                 if !f(k, n.value(i)) {
                     return Ok(false);
                 }
@@ -389,7 +432,7 @@ impl Tm {
             if n.key(i) >= hi && i > first {
                 return Ok(false);
             }
-            if !self.btree_walk(n.child(i), kind, lo, hi, f)? {
+            if !self.walk_rec(n.child(i), kind, lo, hi, depth + 1, last, f)? {
                 return Ok(false);
             }
         }
@@ -467,6 +510,11 @@ impl Tm {
 
     /// Drop a reference on a tree; nodes (and values) that reach zero are released.
     pub fn btree_dec(&mut self, root: BlockRef, kind: TreeKind) -> Result<()> {
+        self.dec_rec(root, kind, 0)
+    }
+
+    fn dec_rec(&mut self, root: BlockRef, kind: TreeKind, depth: usize) -> Result<()> {
+        check_depth(depth, root.block)?;
         let count = self.meta_count(root.block)?;
         if count == 0 {
             return Err(MetaError::corrupt(
@@ -481,7 +529,7 @@ impl Tm {
                 if n.is_leaf() {
                     self.dec_value(kind, n.value(i))?;
                 } else {
-                    self.btree_dec(n.child(i), kind)?;
+                    self.dec_rec(n.child(i), kind, depth + 1)?;
                 }
             }
         }
@@ -500,7 +548,7 @@ impl Tm {
     ) -> Result<Option<Vec<u8>>> {
         debug_assert_eq!(value.len(), kind.value_size);
         let mut old = None;
-        match self.insert_rec(*root, kind, key, value, &mut old)? {
+        match self.insert_rec(*root, kind, key, value, 0, &mut old)? {
             Outcome::Done(r) => *root = r,
             Outcome::Split(l, k, r) => {
                 let lkey = {
@@ -524,8 +572,10 @@ impl Tm {
         kind: TreeKind,
         key: u64,
         value: &[u8],
+        depth: usize,
         old: &mut Option<Vec<u8>>,
     ) -> Result<Outcome> {
+        check_depth(depth, r.block)?;
         let me = self.shadow_node(r, kind)?;
         let buf = self.bm.get_mut(me.block, BlockType::Node)?;
         let n = Node(buf);
@@ -544,7 +594,7 @@ impl Tm {
                 set_key(buf, 0, key);
             }
             let child = Node(buf).child(i);
-            match self.insert_rec(child, kind, key, value, old)? {
+            match self.insert_rec(child, kind, key, value, depth + 1, old)? {
                 Outcome::Done(c) => {
                     let buf = self.bm.get_mut(me.block, BlockType::Node)?;
                     set_value(buf, i, &encode_ref(c));

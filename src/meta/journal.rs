@@ -43,6 +43,9 @@ pub enum RootId {
     PrevMetaIndex = 7,
 }
 pub const NR_ROOTS: usize = 8;
+/// Highest sequence number a valid record has: far beyond any real pool (2^62 commits), and
+/// far enough below `u64::MAX` that the next commit's number cannot overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
 const ROOTS_OFF: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +122,12 @@ impl Record {
             return Err(MetaError::corrupt(
                 block,
                 format!("record for slot {} found in slot {slot}", rec.slot),
+            ));
+        }
+        if rec.seq > MAX_SEQ {
+            return Err(MetaError::corrupt(
+                block,
+                format!("record sequence number {} is out of range", rec.seq),
             ));
         }
         if block::generation(buf) != rec.seq {

@@ -832,11 +832,12 @@ impl Tm {
             ));
         }
         let label = Label::decode(&lbuf)?;
-        if dev.len() < label.meta_blocks * BLOCK_SIZE as u64 {
+        // Saturating: a damaged label's size must not wrap around to a plausible one.
+        if dev.len() < label.meta_blocks.saturating_mul(BLOCK_SIZE as u64) {
             return Err(MetaError::BadLabel(format!(
                 "metadata file is truncated: {} bytes, the pool needs {}",
                 dev.len(),
-                label.meta_blocks * BLOCK_SIZE as u64
+                label.meta_blocks.saturating_mul(BLOCK_SIZE as u64)
             )));
         }
         let slots = journal::scan(dev.as_ref(), &label.uuid, label.ring_slots)?;
@@ -855,10 +856,10 @@ impl Tm {
         let mut bm = bm;
         for rec in &recs {
             if let Some(at) = at {
-                if rec.seq != at || at + 2 < newest {
+                if rec.seq != at || at.saturating_add(2) < newest {
                     continue;
                 }
-            } else if rec.seq + 2 < newest {
+            } else if rec.seq.saturating_add(2) < newest {
                 // Older states are no longer protected from reuse.
                 break;
             }

@@ -6,10 +6,10 @@
 //! commit timer, signals, shutdown), `control` (control socket). See `docs/nbd.md`.
 
 mod control;
-mod handshake;
+pub(crate) mod handshake;
 pub mod proto;
-mod server;
-mod transmission;
+pub(crate) mod server;
+pub(crate) mod transmission;
 
 use crate::pool::{Pool, VolumeId};
 use std::path::{Path, PathBuf};

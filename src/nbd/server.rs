@@ -121,6 +121,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a server around `pool`, with no listener and no control
+    /// handler (in-process fuzzing, see `src/fuzzing.rs`).
+    pub(crate) fn detached(pool: Pool, read_only: bool) -> Shared {
+        Shared {
+            pool: SharedPool::new(pool),
+            exports: Vec::new(),
+            read_only,
+            stop: AtomicBool::new(false),
+            attached: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            handler: Box::new(|_, _, _, err| {
+                err.extend_from_slice(b"no control commands here\n");
+                2
+            }),
+            budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
+        }
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -606,7 +625,7 @@ fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandl
     }
 }
 
-fn connection(shared: &Arc<Shared>, mut s: Stream) {
+pub(crate) fn connection(shared: &Arc<Shared>, mut s: Stream) {
     if s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
         || s.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
     {

@@ -340,7 +340,7 @@ fn pool_error(sess: &Session, handle: u64, e: &PoolError) -> Vec<u8> {
 }
 
 /// Validate and run one request; returns the complete reply.
-fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Vec<u8> {
     let h = req.handle;
     let e = &sess.export;
     let allowed = match req.kind {
