@@ -132,7 +132,7 @@ impl Shared {
             attached: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
-            handler: Box::new(|_, _, _, err| {
+            handler: Box::new(|_, _, _, _, err| {
                 err.extend_from_slice(b"no control commands here\n");
                 2
             }),
