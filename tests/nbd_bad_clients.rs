@@ -303,3 +303,45 @@ fn exports_list_limits_what_clients_see() {
     assert_eq!(c.size, MIB);
     srv.stop().unwrap();
 }
+
+/// Idle clients cannot lock others out: when the server is full, the connection idle
+/// longest is closed to admit a new one once it has been idle for `evict_idle` (issue 10:
+/// 512 idle attached connections used to lock every other client out indefinitely).
+#[test]
+fn idle_connections_make_room_when_the_server_is_full() {
+    let t = make_pool(&[("vol", 8 * MIB)], 64 << 10);
+    let mut opts = thinpool::nbd::ServeOptions::new(pool_dir(&t));
+    opts.max_connections = 3;
+    opts.evict_idle = std::time::Duration::from_millis(800);
+    let srv = Server::start_with(opts);
+    let mut busy = Raw::attach(&srv.socket, "vol", false);
+    let idle: Vec<Raw> = (0..2)
+        .map(|_| Raw::attach(&srv.socket, "vol", false))
+        .collect();
+    // Full, and nobody has been idle long: a fourth client is refused at once.
+    let mut c = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut c, &mut b).unwrap(), 0, "admitted");
+    // The busy client keeps working; the idle ones pass the limit.
+    for i in 0..6 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        good_roundtrip(&mut busy, i + 10);
+    }
+    let mut newcomer = Raw::attach(&srv.socket, "vol", false);
+    good_roundtrip(&mut newcomer, 20);
+    good_roundtrip(&mut busy, 21);
+    // One of the idle connections was closed to make room.
+    let closed = idle
+        .into_iter()
+        .filter(|r| {
+            r.s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .unwrap();
+            true
+        })
+        .filter_map(|mut r| r.closed().then_some(()))
+        .count();
+    assert_eq!(closed, 1);
+    srv.stop().unwrap();
+}

@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// bypassed, so guests do not cache twice and the engine itself is measured
     #[arg(long)]
     pub direct: bool,
+    /// Most NBD connections at once
+    #[arg(long, default_value_t = crate::nbd::MAX_CONNECTIONS, value_name = "N",
+          value_parser = clap::value_parser!(usize))]
+    pub max_connections: usize,
+    /// When the server is full, a connection idle this long is closed to admit a new one
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "TIME")]
+    pub evict_idle: Duration,
 }
 
 pub fn run(
@@ -54,6 +61,8 @@ pub fn run(
         rewind,
         engine,
         direct: a.direct,
+        max_connections: a.max_connections,
+        evict_idle: a.evict_idle,
     };
     nbd::serve(opts, Box::new(super::run_in_pool))
         .with_context(|| format!("cannot serve pool {}", a.pool.display()))

@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use server::{EVICT_IDLE, MAX_CONNECTIONS};
 /// Runs one CLI command (full argv, program name first) on the served pool, writing what it
 /// prints to `out`/`err`; returns the exit code. Supplied by the CLI so this layer stays
 /// below it; the CLI parses the command, so it is the handler that refuses to remove or roll
@@ -45,6 +46,10 @@ pub struct ServeOptions {
     /// The data file's I/O engine and O_DIRECT (see `OpenOptions`).
     pub engine: crate::io::Engine,
     pub direct: bool,
+    /// At most this many NBD connections (default 512); when full, the connection idle
+    /// longest is closed to admit a new one if it has been idle for `evict_idle` (30 s).
+    pub max_connections: usize,
+    pub evict_idle: Duration,
 }
 
 /// What a forwarded command returned.
@@ -68,6 +73,8 @@ impl ServeOptions {
             rewind: false,
             engine: crate::io::Engine::from_env(),
             direct: false,
+            max_connections: server::MAX_CONNECTIONS,
+            evict_idle: server::EVICT_IDLE,
         }
     }
 }

@@ -28,7 +28,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Most simultaneous NBD connections; more are closed at once (each costs a few threads).
-const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS: usize = 512;
+/// When the server is full, a connection idle this long is closed to admit a new one.
+pub const EVICT_IDLE: Duration = Duration::from_secs(30);
+
+/// A live connection as the accept loop sees it.
+struct ConnEntry {
+    stream: Stream,
+    /// Milliseconds since `Shared::epoch` of its last request or reply.
+    last: Arc<AtomicU64>,
+}
 /// A client gets this long to finish negotiating.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that accepts no reply bytes for this long is dropped, so it cannot pin a worker
@@ -112,8 +121,14 @@ pub struct Shared {
     stop: AtomicBool,
     /// Open NBD connections per volume (for refusing `remove`/`rollback`).
     attached: Mutex<HashMap<VolumeId, usize>>,
-    /// Streams of live connections, to wake their readers at shutdown.
-    conns: Mutex<HashMap<u64, Stream>>,
+    /// Live connections: their streams (to wake their readers at shutdown, or to close the
+    /// longest idle one when the server is full) and when each was last active.
+    conns: Mutex<HashMap<u64, ConnEntry>>,
+    /// At most this many connections; when full, one idle for `evict_idle` makes room.
+    max_connections: usize,
+    evict_idle: Duration,
+    /// The origin of the activity timestamps.
+    epoch: Instant,
     next_conn: AtomicU64,
     pub(super) handler: ControlHandler,
     /// In-flight request bytes of every connection together.
@@ -131,6 +146,9 @@ impl Shared {
             stop: AtomicBool::new(false),
             attached: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            max_connections: MAX_CONNECTIONS,
+            evict_idle: EVICT_IDLE,
+            epoch: Instant::now(),
             next_conn: AtomicU64::new(0),
             handler: Box::new(|_, _, _, _, err| {
                 err.extend_from_slice(b"no control commands here\n");
@@ -217,6 +235,38 @@ impl Shared {
             if *n == 0 {
                 a.remove(&id);
             }
+        }
+    }
+
+    /// Milliseconds since the server started (connection activity stamps).
+    pub(super) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The server is full: close the connection idle longest, if it has been idle for
+    /// `evict_idle` (a client that keeps a connection open and does nothing cannot lock
+    /// others out). Returns whether one was closed.
+    fn evict_one_idle(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.now_ms();
+        let idle = conns
+            .iter()
+            .map(|(id, c)| (id, c, now.saturating_sub(c.last.load(Ordering::Relaxed))))
+            .max_by_key(|&(_, _, idle)| idle);
+        match idle {
+            Some((id, c, ms)) if ms >= self.evict_idle.as_millis() as u64 => {
+                eprintln!(
+                    "thinpool serve: closing connection {id}, idle for {:.1} s, to admit a new \
+                     one ({} connections)",
+                    ms as f64 / 1000.0,
+                    self.max_connections
+                );
+                // Its stamp moves on so a second new client evicts another one.
+                c.last.store(now, Ordering::Relaxed);
+                c.stream.shutdown(Shutdown::Both);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -462,6 +512,9 @@ pub fn run(
         stop: AtomicBool::new(false),
         attached: Mutex::new(HashMap::new()),
         conns: Mutex::new(HashMap::new()),
+        max_connections: opts.max_connections.max(1),
+        evict_idle: opts.evict_idle,
+        epoch: Instant::now(),
         next_conn: AtomicU64::new(0),
         handler,
         budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
@@ -572,7 +625,7 @@ pub fn run(
         .unwrap_or_else(|e| e.into_inner())
         .values()
     {
-        s.shutdown(Shutdown::Read);
+        s.stream.shutdown(Shutdown::Read);
     }
     for h in threads {
         let _ = h.join();
@@ -591,22 +644,32 @@ pub fn run(
 }
 
 fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandle<()>>) {
-    if shared.live_connections() >= MAX_CONNECTIONS {
-        eprintln!("thinpool serve: too many connections ({MAX_CONNECTIONS}); refusing one");
+    if shared.live_connections() >= shared.max_connections && !shared.evict_one_idle() {
+        eprintln!(
+            "thinpool serve: too many connections ({}, none idle for {:?}); refusing one",
+            shared.max_connections, shared.evict_idle
+        );
         return;
     }
     let Ok(clone) = s.try_clone() else { return };
     let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+    let last = Arc::new(AtomicU64::new(shared.now_ms()));
     shared
         .conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id, clone);
+        .insert(
+            id,
+            ConnEntry {
+                stream: clone,
+                last: last.clone(),
+            },
+        );
     let sh = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("nbd-conn-{id}"))
         .spawn(move || {
-            connection(&sh, s);
+            connection_tracked(&sh, s, &last);
             sh.conns
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -625,7 +688,13 @@ fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandl
     }
 }
 
-pub(crate) fn connection(shared: &Arc<Shared>, mut s: Stream) {
+pub(crate) fn connection(shared: &Arc<Shared>, s: Stream) {
+    connection_tracked(shared, s, &AtomicU64::new(0))
+}
+
+/// One connection: handshake, then transmission; `last` is kept at the time of its last
+/// activity (see `Shared::evict_one_idle`).
+fn connection_tracked(shared: &Arc<Shared>, mut s: Stream, last: &AtomicU64) {
     if s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err()
         || s.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
     {
@@ -643,7 +712,8 @@ pub(crate) fn connection(shared: &Arc<Shared>, mut s: Stream) {
     }
     let id = session.export.id;
     shared.attach(id);
-    transmission::serve(shared, s, &session);
+    last.store(shared.now_ms(), Ordering::Relaxed);
+    transmission::serve(shared, s, &session, last);
     shared.detach(id);
     crate::io::sys::trim_heap();
 }

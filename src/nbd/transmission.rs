@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,8 @@ struct Conn<'a> {
     budget: Budget,
     /// A reply could not be written: the client is gone or stuck.
     dead: AtomicBool,
+    /// When the connection last received a request or sent a reply (`Shared::now_ms`).
+    last: &'a AtomicU64,
 }
 
 impl Conn<'_> {
@@ -181,6 +183,7 @@ impl Conn<'_> {
                 Ok(n) => {
                     done += n;
                     stalled = None;
+                    self.last.store(self.shared.now_ms(), Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -210,7 +213,7 @@ impl Conn<'_> {
 
 /// Run the transmission phase until the client disconnects, breaks framing, or the server
 /// stops. Returns after every request read has been answered.
-pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session) {
+pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session, last: &AtomicU64) {
     let Ok(writer) = stream.try_clone() else {
         return;
     };
@@ -223,6 +226,7 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session) {
         writer: Mutex::new(writer),
         budget: Budget::new(CONN_BUDGET),
         dead: AtomicBool::new(false),
+        last,
     };
     // Every worker waits on the channel itself (no lock around the receiver): a request
     // wakes exactly one worker.
@@ -261,6 +265,7 @@ fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_cha
         if reader.read_exact(&mut hdr).is_err() || conn.cancelled() {
             break;
         }
+        conn.last.store(conn.shared.now_ms(), Ordering::Relaxed);
         let req = Request::decode(&hdr);
         if req.magic != REQUEST_MAGIC || req.kind == CMD_DISC {
             break;
