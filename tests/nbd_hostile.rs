@@ -159,3 +159,24 @@ fn clients_that_never_read_cannot_exhaust_memory() {
     );
     srv.stop_within(Duration::from_secs(30));
 }
+
+/// 100 connections, each with 40 queued reads of 32 MiB, all gone: shutdown still takes
+/// seconds at most (issue 10, "what must be shown").
+#[test]
+fn shutdown_with_a_hundred_dead_connections_is_quick() {
+    let t = make_pool(&[("vol", 64 * MIB)], 64 << 10);
+    let srv = Serve::start(&pool_dir(&t));
+    let sock = pool_dir(&t).join("nbd.sock");
+    for _ in 0..100 {
+        let mut c = Raw::attach(&sock, "vol", false);
+        queue_reads(&mut c, 40);
+        drop(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let took = srv.stop_within(Duration::from_secs(60));
+    println!("shutdown took {took:?} after 100 clients left 40 queued 32 MiB reads each");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?} with 100 dead connections"
+    );
+}
