@@ -274,11 +274,7 @@ impl SharedPool {
     pub fn commit(&self) -> Result<()> {
         let mut st = self.commits.lock().map_err(|_| PoolError::Poisoned)?;
         // The first commit that starts from now on covers this caller.
-        let need = if self.seeded(SeededBug::JoinRunningCommit) && st.running {
-            st.started
-        } else {
-            st.started + 1
-        };
+        let need = st.started + 1;
         loop {
             if st.finished >= need && st.last_ok {
                 return Ok(());

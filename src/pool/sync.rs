@@ -53,10 +53,6 @@ pub enum SeededBug {
     /// `exclusive_synced` skips the data sync under the gate even when a data write
     /// completed after the presync began (its counter check left out).
     SkipSecondSync,
-    /// `commit`: a caller that arrives while a commit runs returns when *that* commit ends
-    /// (which may have synced before the caller's writes completed), instead of waiting
-    /// for the next one.
-    JoinRunningCommit,
     /// `lock_range` checks for an overlap once instead of again after every wake-up, so a
     /// waiter woken by one release can run into a range another writer took meanwhile.
     RangeLockNoRecheck,
