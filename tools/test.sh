@@ -40,6 +40,14 @@ cargo test --release 2>&1 | tee /tmp/thinpool-test.log
 echo "== cargo test, io engine: sync (THINPOOL_IO_ENGINE=sync)"
 THINPOOL_IO_ENGINE=sync cargo test --release 2>&1 | tee /tmp/thinpool-test-sync.log
 
+# The concurrency model (issue 10): the real SharedPool under shuttle's schedulers, a few
+# thousand schedules per scenario, and each seeded bug must be found. Prints its counts.
+cargo clippy --all-targets --features shuttle -- -D warnings
+echo "== concurrency model (shuttle)"
+cargo test --release --features shuttle --test shuttle_model -- --nocapture 2>&1 |
+  grep -v '^pass that string\|^failing schedule\|^"$\|^[0-9a-f]*$' | tee /tmp/thinpool-shuttle.log
+grep -q '^test result: ok' /tmp/thinpool-shuttle.log
+
 # Fuzzing in every CI run (issue 10): tests/fuzz.rs ran above; each target printed its count
 # and time. Sum them, and fail when they fell below the 100,000 inputs a run must try.
 grep '^fuzz: .* cases in' /tmp/thinpool-test.log |

@@ -13,12 +13,15 @@ mod data;
 pub mod details;
 mod error;
 mod shared;
+mod sync;
 mod volume;
 pub use volume::VolumeInfo;
 
 pub use details::Details;
 pub use error::{PoolError, Result};
 pub use shared::SharedPool;
+#[doc(hidden)]
+pub use sync::SeededBug;
 
 use crate::io::{BlockDev, FileDev};
 use crate::meta::btree::DEV_ROOTS;

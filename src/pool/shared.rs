@@ -28,10 +28,13 @@
 //!   covers every caller waiting when it starts; one commit at a time.
 
 use super::data::{read_data, write_data};
+use super::sync::{
+    Condvar, Instant, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, SeededBug,
+};
 use super::{Pool, PoolError, Result, VolumeId};
 use crate::io::BlockDev;
 use crate::meta::MetaError;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 /// Most data syncs a commit makes before it drains requests.
 const PRESYNC_ROUNDS: usize = 4;
@@ -49,6 +52,9 @@ pub struct SharedPool {
     /// Group commit state.
     commits: Mutex<Commits>,
     commit_done: Condvar,
+    /// Test-only: a bug the concurrency model seeds (see [`SeededBug`]).
+    #[cfg(feature = "shuttle")]
+    seeded_bug: Option<SeededBug>,
 }
 
 /// Commits are numbered; one runs at a time.
@@ -95,7 +101,29 @@ impl SharedPool {
             released: Condvar::new(),
             commits: Mutex::new(Commits::default()),
             commit_done: Condvar::new(),
+            #[cfg(feature = "shuttle")]
+            seeded_bug: None,
         }
+    }
+
+    /// Test-only (the concurrency model): introduce `bug`.
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn seed_bug(&mut self, bug: SeededBug) {
+        self.seeded_bug = Some(bug);
+    }
+
+    /// Whether the concurrency model seeded `bug`.
+    #[cfg(feature = "shuttle")]
+    fn seeded(&self, bug: SeededBug) -> bool {
+        self.seeded_bug == Some(bug)
+    }
+
+    /// Without the `shuttle` feature no bug can be seeded.
+    #[cfg(not(feature = "shuttle"))]
+    #[inline(always)]
+    fn seeded(&self, _bug: SeededBug) -> bool {
+        false
     }
 
     /// Back to a single-threaded pool.
@@ -130,6 +158,9 @@ impl SharedPool {
         let mut b = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         while b.iter().any(|&(v, l, h)| v == id && l < hi && lo < h) {
             b = self.released.wait(b).unwrap_or_else(|e| e.into_inner());
+            if self.seeded(SeededBug::RangeLockNoRecheck) {
+                break;
+            }
         }
         b.push((id, lo, hi));
         RangeGuard {
@@ -286,7 +317,7 @@ impl SharedPool {
         // that requests wait for below is short.
         let mut before = None;
         for _ in 0..PRESYNC_ROUNDS {
-            let t0 = std::time::Instant::now();
+            let t0 = Instant::now();
             before = self.presync().ok();
             let quick = t0.elapsed() < PRESYNC_QUICK;
             if before.is_none() || quick || before == Some(self.lock()?.data_writes()) {
@@ -294,7 +325,9 @@ impl SharedPool {
             }
         }
         let mut ex = self.exclusive()?;
-        if before == Some(ex.pool.data_writes()) {
+        if before == Some(ex.pool.data_writes())
+            || (before.is_some() && self.seeded(SeededBug::SkipSecondSync))
+        {
             ex.pool.data_synced();
         }
         Ok(ex)
@@ -339,7 +372,8 @@ impl SharedPool {
     }
 }
 
-#[cfg(test)]
+// These use real threads and std's channels: not with shuttle's locks.
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
     use crate::io::MemDev;
