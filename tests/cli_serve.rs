@@ -125,27 +125,13 @@ fn management_through_the_control_socket() {
 fn serve_refuses_an_unknown_export() {
     let tp = TestPool::new("64M", "64K");
     tp.run(&["create", "{}", "v", "--size", "1M"]).ok();
-    // Spawned with a deadline: a server that does start must not hang the test.
-    let mut child = Command::new(BIN)
-        .args(["serve", tp.p(), "--export", "v", "--export", "vv"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve started with an unknown --export instead of refusing it");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(st.code(), Some(1), "{err}");
+    // With a deadline: a server that does start must not hang the test.
+    let o = thinpool_within(
+        &["serve", tp.p(), "--export", "v", "--export", "vv"],
+        Duration::from_secs(20),
+    );
+    let err = o.stderr;
+    assert_eq!(o.code, 1, "{err}");
     assert!(err.contains("no volume named 'vv'"), "{err}");
     assert!(!tp.dir.join("nbd.sock").exists());
     assert!(!tp.dir.join("control.sock").exists());
@@ -154,29 +140,12 @@ fn serve_refuses_an_unknown_export() {
 /// Runs `thinpool serve POOL --socket SOCK` expecting a refusal: exit 1 within 20 s, with
 /// `needle` in its message. Returns stderr.
 fn serve_refused(tp: &TestPool, sock: &std::path::Path, needle: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args(["serve", tp.p(), "--socket", sock.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-            panic!("serve started on {} instead of refusing it", sock.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(st.code(), Some(1), "{err}");
+    let o = thinpool_within(
+        &["serve", tp.p(), "--socket", sock.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    let err = o.stderr;
+    assert_eq!(o.code, 1, "{err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
     assert!(!tp.dir.join("control.sock").exists(), "{err}");
     err

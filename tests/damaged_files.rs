@@ -4,8 +4,10 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// How long a command may take before it counts as hung.
+const LIMIT: Duration = Duration::from_secs(20);
 
 /// A 64K-block pool with 3 MiB written to 'v' (48 mapped blocks, 0..3 MiB of the data file).
 fn pool_with_data() -> (TestPool, Vec<u8>) {
@@ -30,20 +32,12 @@ fn every_command_refuses(tp: &TestPool, needle: &str) {
     tp.run(&["write", "{}", "v", &tp.put("w.bin", b"x")])
         .fails(1, needle);
     // A server must not start on it either.
-    let st = Command::new(BIN)
-        .args([
-            "serve",
-            tp.p(),
-            "--socket",
-            tp.file("s.sock").to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(st.code(), Some(1));
+    let sock = tp.file("s.sock");
+    let o = thinpool_within(
+        &["serve", tp.p(), "--socket", sock.to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
 }
 
 #[test]
@@ -124,34 +118,6 @@ fn data_replaced_by_a_character_device_is_refused() {
     tp.check_clean();
 }
 
-/// Runs `thinpool ARGS` with a deadline; a command that hangs fails the test.
-fn run_with_deadline(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`thinpool {}` hung", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // Both streams: `check` prints its findings to stdout.
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
-    (st.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn a_fifo_in_place_of_a_pool_file_is_refused_not_waited_on() {
     let (tp, _) = pool_with_data();
@@ -168,8 +134,10 @@ fn a_fifo_in_place_of_a_pool_file_is_refused_not_waited_on() {
             vec!["check", tp.p()],
             vec!["pool", "info", tp.p()],
         ] {
-            let (code, err) = run_with_deadline(&args);
-            assert_eq!(code, 1, "{args:?}: {err}");
+            // Both streams: `check` prints its findings to stdout.
+            let o = thinpool_within(&args, LIMIT);
+            let err = o.text() + &o.stderr;
+            assert_eq!(o.code, 1, "{args:?}: {err}");
             assert!(
                 err.contains("not a regular file or block device"),
                 "{args:?}: {err}"
@@ -243,20 +211,12 @@ fn a_damaged_newest_commit_is_not_rolled_back_silently() {
         .fails(1, "--rewind");
     tp.run(&["write", "{}", "v", &tp.put("x.bin", b"x")])
         .fails(1, "--rewind");
-    let st = Command::new(BIN)
-        .args([
-            "serve",
-            tp.p(),
-            "--socket",
-            tp.file("s.sock").to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(st.code(), Some(1));
+    let sock = tp.file("s.sock");
+    let o = thinpool_within(
+        &["serve", tp.p(), "--socket", sock.to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
     assert_eq!(std::fs::read(&mpath).unwrap(), meta, "a refused open wrote");
 
     // With consent: the rewind is recorded by a commit, and the pool is whole again.

@@ -133,6 +133,50 @@ pub fn thinpool_umask(mask: &str, args: &[&str]) -> Out {
     }
 }
 
+/// Run `thinpool ARGS...` with a deadline: a command that has not exited within `limit` (a
+/// server that starts where it should refuse, an open that blocks) is killed and fails the
+/// test instead of hanging it.
+#[allow(dead_code)]
+pub fn thinpool_within(args: &[&str], limit: std::time::Duration) -> Out {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn thinpool");
+    // Drained by threads, so a chatty child cannot block on a full pipe.
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + limit;
+    let st = loop {
+        if let Some(st) = child.try_wait().expect("wait for thinpool") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`thinpool {}` still running after {limit:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Out {
+        code: st.code().unwrap_or(-1),
+        stdout: out.join().unwrap(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+    }
+}
+
 /// A pool in a temporary directory (removed on drop), plus room for scratch files.
 pub struct TestPool {
     pub tmp: TempDir,
