@@ -547,16 +547,22 @@ impl Pool {
     /// unknown is never acknowledged.
     fn sync_data(&mut self) -> Result<()> {
         if let Err(e) = self.data.flush() {
-            let err = PoolError::DataIo {
-                op: "fdatasync",
-                offset: 0,
-                source: e,
-            };
-            self.tm.fail_stop(err.to_string());
-            return Err(err);
+            return Err(self.data_sync_failed(e));
         }
         self.data_dirty = false;
         Ok(())
+    }
+
+    /// A failed data fdatasync fail-stops the pool: data whose durability is unknown is
+    /// never acknowledged. Returns the error to report.
+    pub(crate) fn data_sync_failed(&mut self, source: std::io::Error) -> PoolError {
+        let err = PoolError::DataIo {
+            op: "fdatasync",
+            offset: 0,
+            source,
+        };
+        self.tm.fail_stop(err.to_string());
+        err
     }
 
     /// Another thread synced the data device after every data write so far completed

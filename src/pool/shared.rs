@@ -356,13 +356,7 @@ impl SharedPool {
             p.data_writes()
         };
         if let Err(e) = self.data.flush() {
-            let err = PoolError::DataIo {
-                op: "fdatasync",
-                offset: 0,
-                source: e,
-            };
-            self.lock()?.tm.fail_stop(err.to_string());
-            return Err(err);
+            return Err(self.lock()?.data_sync_failed(e));
         }
         Ok(before)
     }
