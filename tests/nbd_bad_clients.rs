@@ -345,3 +345,77 @@ fn idle_connections_make_room_when_the_server_is_full() {
     assert_eq!(closed, 1);
     srv.stop().unwrap();
 }
+
+/// Reads longer than 1 MiB are read and sent a piece at a time (docs/nbd.md, "Memory"):
+/// simple, structured and don't-fragment replies still carry exactly the volume's bytes,
+/// with pipelined long and short reads on one connection.
+#[test]
+fn long_reads_arrive_whole_in_every_reply_form() {
+    let (_t, srv, mut good) = setup();
+    let bs = 64 * 1024u64;
+    // Every third block written with its own pattern, the rest holes.
+    let mut want = vec![0u8; 8 * MIB as usize];
+    for b in (0..128u64).step_by(3) {
+        let data: Vec<u8> = (0..bs)
+            .map(|i| (i as u8).wrapping_mul(7) ^ b as u8)
+            .collect();
+        assert_eq!(good.write(b, b * bs, &data), 0);
+        want[(b * bs) as usize..((b + 1) * bs) as usize].copy_from_slice(&data);
+    }
+    let (off, len) = (bs + 4096, 5 * MIB as u32 + 777);
+    let expect = &want[off as usize..off as usize + len as usize];
+    // Simple replies, two long reads and a short one in flight at once.
+    good.request(0, 0, 1, off, len, &[]);
+    good.request(0, 0, 2, 0, 100, &[]);
+    good.request(0, 0, 3, off, len, &[]);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (e, h) = good.simple();
+        assert_eq!(e, 0);
+        let n = if h == 2 { 100 } else { len as usize };
+        let got = good.bytes(n);
+        if h == 2 {
+            assert_eq!(got, &want[..100]);
+        } else {
+            assert!(got == expect, "simple long read {h} differs");
+        }
+        seen.push(h);
+    }
+    seen.sort();
+    assert_eq!(seen, vec![1, 2, 3]);
+    // Structured: data and hole chunks cover the range in order, with the right bytes.
+    let mut c = Raw::attach(&srv.socket, "vol", true);
+    c.request(0, 0, 4, off, len, &[]);
+    let mut pos = off;
+    loop {
+        let ch = c.chunk();
+        assert_eq!(ch.handle, 4);
+        let at = u64::from_be_bytes(ch.payload[..8].try_into().unwrap());
+        assert_eq!(at, pos, "chunks out of order or with gaps");
+        let n = match ch.kind {
+            1 => {
+                let d = &ch.payload[8..];
+                assert!(d == &want[at as usize..at as usize + d.len()]);
+                d.len() as u64
+            }
+            2 => {
+                let n = u32::from_be_bytes(ch.payload[8..12].try_into().unwrap()) as u64;
+                assert!(want[at as usize..(at + n) as usize].iter().all(|&b| b == 0));
+                n
+            }
+            k => panic!("unexpected chunk type {k}"),
+        };
+        pos += n;
+        if ch.flags & 1 != 0 {
+            break;
+        }
+    }
+    assert_eq!(pos, off + len as u64, "the chunks do not cover the read");
+    // Don't fragment: one data chunk with every byte.
+    c.request(4, 0, 5, off, len, &[]);
+    let ch = c.chunk();
+    assert_eq!((ch.kind, ch.flags & 1), (1, 1));
+    assert!(&ch.payload[8..] == expect);
+    good_roundtrip(&mut good, 3);
+    srv.stop().unwrap();
+}

@@ -78,7 +78,7 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(how),
         };
     }
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+    pub(super) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),

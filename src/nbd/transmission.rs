@@ -4,12 +4,16 @@
 //! - Every request is validated before it touches the pool (magic, command, flags, range,
 //!   payload size). A bad magic loses framing: hard disconnect. Everything else gets an
 //!   error reply and the connection continues.
-//! - Replies are built whole in memory and written under one mutex, so chunks of different
-//!   replies never interleave mid-message.
+//! - Replies are written under one mutex, so chunks of different replies never interleave
+//!   mid-message: built whole, or for a long read sent piece by piece with the mutex held.
 //! - Memory is bounded twice: each connection by an in-flight byte budget, and the whole
 //!   server by a global one shared by every connection ([`Budget`]). The reader takes both
-//!   before it allocates a request's payload, and read buffers count until their reply is
-//!   sent. A connection whose client accepts no reply bytes holds its share only until it is
+//!   before it allocates a write's payload, a worker before it allocates a read buffer, and
+//!   both count until the reply is sent. A read longer than `STREAM_PIECE` is read and sent
+//!   a piece at a time, one such read per connection at once, so it holds one piece: a
+//!   client that never reads its replies holds a few MiB, not its requests' length.
+//! - A connection that holds budget and makes no progress — a client that accepts no reply
+//!   bytes, or stops sending in the middle of a write's payload — keeps it only until it is
 //!   dropped: after `WRITE_TIMEOUT`, or after `STALL_EVICT` when other connections are
 //!   waiting for the global budget, or `STOP_GRACE` once the server is stopping.
 //! - A connection whose reply could not be written is dead: its queued requests are dropped
@@ -37,13 +41,16 @@ const WORKERS: usize = 4;
 const CONN_BUDGET: u64 = 64 << 20;
 /// The same for the whole server (all connections together; docs/nbd.md, "Robustness").
 pub const GLOBAL_BUDGET: u64 = 256 << 20;
-/// A reply write that made no progress for this long ends the connection.
+/// Reads longer than this are read and sent in pieces of this size.
+const STREAM_PIECE: usize = 1 << 20;
+/// A reply write (or a write's payload) that made no progress for this long ends the
+/// connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// ... or for this long while other connections wait for the global budget.
 const STALL_EVICT: Duration = Duration::from_secs(1);
 /// ... or for this long once the server is stopping.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How often a blocked reply write looks at those conditions.
+/// How often a blocked reply write or payload read looks at those conditions.
 const WRITE_POLL: Duration = Duration::from_millis(250);
 /// Most mappings looked at for one BLOCK_STATUS reply (the reply may cover less).
 const STATUS_LIMIT: usize = 65536;
@@ -133,6 +140,9 @@ impl Budget {
 struct Conn<'a> {
     shared: &'a Shared,
     writer: Mutex<Stream>,
+    /// Taken (first come, first served) by the one read of this connection being sent a
+    /// piece at a time: room for one piece.
+    streaming: Budget,
     budget: Budget,
     /// A reply could not be written: the client is gone or stuck.
     dead: AtomicBool,
@@ -165,10 +175,23 @@ impl Conn<'_> {
         w.shutdown(Shutdown::Both);
     }
 
-    /// Write one whole reply. A client that accepts no bytes for too long (see the module
-    /// docs) kills the connection.
+    /// A transfer that holds budget made no progress for `since`: time to drop the
+    /// connection (see the module docs)?
+    fn stalled_too_long(&self, since: Duration) -> bool {
+        since >= WRITE_TIMEOUT
+            || since >= STALL_EVICT && self.shared.budget().contended()
+            || since >= STOP_GRACE && self.shared.stopping()
+    }
+
+    /// Write one whole reply.
     fn send(&self, out: &[u8]) -> io::Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.send_locked(&mut w, out)
+    }
+
+    /// Write `out` with the writer lock held. A client that accepts no bytes for too long
+    /// kills the connection.
+    fn send_locked(&self, w: &mut Stream, out: &[u8]) -> io::Result<()> {
         if self.dead.load(Ordering::SeqCst) {
             return Err(io::Error::from(io::ErrorKind::BrokenPipe));
         }
@@ -177,7 +200,7 @@ impl Conn<'_> {
         while done < out.len() {
             match w.write(&out[done..]) {
                 Ok(0) => {
-                    self.kill(&w);
+                    self.kill(w);
                     return Err(io::Error::from(io::ErrorKind::WriteZero));
                 }
                 Ok(n) => {
@@ -193,21 +216,87 @@ impl Conn<'_> {
                     ) =>
                 {
                     let since = stalled.get_or_insert_with(Instant::now).elapsed();
-                    if since >= WRITE_TIMEOUT
-                        || since >= STALL_EVICT && self.shared.budget().contended()
-                        || since >= STOP_GRACE && self.shared.stopping()
-                    {
-                        self.kill(&w);
+                    if self.stalled_too_long(since) {
+                        self.kill(w);
                         return Err(e);
                     }
                 }
                 Err(e) => {
-                    self.kill(&w);
+                    self.kill(w);
                     return Err(e);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Fill `buf` from the client; false when the connection ends. Between requests a
+    /// client may stay silent as long as it likes (this only wakes up to notice a stop),
+    /// but in the middle of a payload (`holding`) it holds budget, and one that sends
+    /// nothing for too long is dropped under the same rules as a stalled reply.
+    fn recv(&self, r: &mut impl Read, buf: &mut [u8], holding: bool) -> bool {
+        let mut done = 0;
+        let mut stalled: Option<Instant> = None;
+        while done < buf.len() {
+            if self.cancelled() {
+                return false;
+            }
+            match r.read(&mut buf[done..]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    done += n;
+                    stalled = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let since = stalled.get_or_insert_with(Instant::now).elapsed();
+                    if holding && self.stalled_too_long(since) {
+                        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                        self.kill(&w);
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Read and throw away `n` payload bytes (of a request refused before it was read).
+    fn discard(&self, r: &mut impl Read, mut n: u64) -> bool {
+        let mut scratch = [0u8; 16 << 10];
+        while n > 0 {
+            let k = n.min(scratch.len() as u64) as usize;
+            if !self.recv(r, &mut scratch[..k], false) {
+                return false;
+            }
+            n -= k as u64;
+        }
+        true
+    }
+
+    /// Send the reply to a long read a piece at a time (`STREAM_PIECE`), holding the
+    /// writer for the whole reply.
+    fn send_streamed(&self, sess: &Session, req: &Request) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let rest = read(
+            self.shared.pool(),
+            sess,
+            req,
+            Some(&mut |piece: &[u8]| self.send_locked(&mut w, piece)),
+        );
+        match rest {
+            Ok(rest) => {
+                let _ = self.send_locked(&mut w, &rest);
+            }
+            // Part of the reply went out and the rest cannot be given: framing is lost.
+            Err(_) => self.kill(&w),
+        }
     }
 }
 
@@ -217,13 +306,17 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session, last: &Atomic
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    // Short write timeouts: a blocked reply write wakes up to look at the eviction rules.
-    if writer.set_write_timeout(Some(WRITE_POLL)).is_err() {
+    // Short timeouts: a blocked reply write or payload read wakes up to look at the
+    // eviction rules.
+    if writer.set_write_timeout(Some(WRITE_POLL)).is_err()
+        || stream.set_read_timeout(Some(WRITE_POLL)).is_err()
+    {
         return;
     }
     let conn = Conn {
         shared,
         writer: Mutex::new(writer),
+        streaming: Budget::new(STREAM_PIECE as u64),
         budget: Budget::new(CONN_BUDGET),
         dead: AtomicBool::new(false),
         last,
@@ -262,7 +355,7 @@ fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_cha
     let mut reader = BufReader::with_capacity(128 << 10, stream);
     loop {
         let mut hdr = [0u8; REQUEST_SIZE];
-        if reader.read_exact(&mut hdr).is_err() || conn.cancelled() {
+        if !conn.recv(&mut reader, &mut hdr, false) {
             break;
         }
         conn.last.store(conn.shared.now_ms(), Ordering::Relaxed);
@@ -272,7 +365,7 @@ fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_cha
         }
         if req.kind == CMD_WRITE && req.length > MAX_PAYLOAD {
             // Skip the payload to stay in sync, then refuse the request.
-            if skip(&mut reader, req.length as u64).is_err() {
+            if !conn.discard(&mut reader, req.length as u64) {
                 break;
             }
             let msg = format!("write of {} bytes exceeds the 32 MiB maximum", req.length);
@@ -284,18 +377,19 @@ fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_cha
             }
             continue;
         }
+        // A write's payload is budgeted here, before it is allocated; read buffers by the
+        // worker that allocates them.
         let cost = match req.kind {
-            CMD_WRITE | CMD_READ => (req.length.min(MAX_PAYLOAD) as u64).max(1),
-            _ => 1,
+            CMD_WRITE => (req.length as u64).max(1),
+            _ => 0,
         };
-        // The budget first: a payload is allocated only once there is room for it.
-        if !conn.acquire(cost) {
+        if cost > 0 && !conn.acquire(cost) {
             break;
         }
         let mut payload = Vec::new();
         if req.kind == CMD_WRITE {
             payload = vec![0u8; req.length as usize];
-            if reader.read_exact(&mut payload).is_err() {
+            if !conn.recv(&mut reader, &mut payload, true) {
                 conn.release(cost);
                 break;
             }
@@ -309,17 +403,56 @@ fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_cha
 
 fn worker(conn: &Conn, sess: &Session, rx: &Receiver<Job>) {
     while let Ok(job) = rx.recv() {
+        let cost = job.cost;
         // A dead connection's queue is dropped: nobody could receive the replies.
         if !conn.dead.load(Ordering::SeqCst) {
-            let handle = job.req.handle;
-            let out = catch_unwind(AssertUnwindSafe(|| {
-                execute(conn.shared, sess, &job.req, &job.payload)
-            }))
-            .unwrap_or_else(|_| error_reply(sess, handle, EIO, "internal error in thinpool serve"));
-            drop(job.payload);
-            let _ = conn.send(&out);
+            respond(conn, sess, job);
         }
-        conn.release(job.cost);
+        if cost > 0 {
+            conn.release(cost);
+        }
+    }
+}
+
+/// Execute one request and send its reply. A read takes its buffer's budget first (a long
+/// one, sent piece by piece, one piece's, and only one such read per connection at once).
+fn respond(conn: &Conn, sess: &Session, job: Job) {
+    let req = job.req;
+    let long_read =
+        req.kind == CMD_READ && req.length as usize > STREAM_PIECE && invalid(sess, &req).is_none();
+    let cancel = || conn.cancelled();
+    if long_read && !conn.streaming.acquire(STREAM_PIECE as u64, &cancel) {
+        return;
+    }
+    let cost = match req.kind {
+        CMD_READ => (req.length as u64).min(STREAM_PIECE as u64).max(1),
+        _ => 0,
+    };
+    if cost > 0 && !conn.acquire(cost) {
+        if long_read {
+            conn.streaming.release(STREAM_PIECE as u64);
+        }
+        return;
+    }
+    if long_read {
+        if catch_unwind(AssertUnwindSafe(|| conn.send_streamed(sess, &req))).is_err() {
+            // Some of the reply may have gone out: the connection cannot go on.
+            let w = conn.writer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.kill(&w);
+        }
+    } else {
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            execute(conn.shared, sess, &req, &job.payload)
+        }))
+        .unwrap_or_else(|_| error_reply(sess, req.handle, EIO, "internal error in thinpool serve"));
+        drop(job.payload);
+        let _ = conn.send(&out);
+    }
+    if cost > 0 {
+        conn.release(cost);
+    }
+    if long_read {
+        conn.streaming.release(STREAM_PIECE as u64);
     }
 }
 
@@ -346,61 +479,21 @@ fn pool_error(sess: &Session, handle: u64, e: &PoolError) -> Vec<u8> {
 
 /// Validate and run one request; returns the complete reply.
 pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Vec<u8> {
+    if let Some(refusal) = invalid(sess, req) {
+        return refusal;
+    }
     let h = req.handle;
     let e = &sess.export;
-    let allowed = match req.kind {
-        CMD_READ if sess.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
-        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
-        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
-        CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-        k => return error_reply(sess, h, EINVAL, &format!("unknown command {k}")),
-    };
-    if req.flags & !allowed != 0 {
-        let msg = format!(
-            "flags {:#x} are not valid for command {}",
-            req.flags, req.kind
-        );
-        return error_reply(sess, h, EINVAL, &msg);
-    }
     let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
-    if writes && e.read_only {
-        let msg = format!("export '{}' is read-only", e.name);
-        return error_reply(sess, h, EPERM, &msg);
-    }
-    if req.kind != CMD_FLUSH {
-        let in_range = req
-            .offset
-            .checked_add(req.length as u64)
-            .is_some_and(|end| end <= e.size);
-        if !in_range {
-            let msg = format!(
-                "range {}+{} is outside export '{}' ({} bytes)",
-                req.offset, req.length, e.name, e.size
-            );
-            // The spec asks for ENOSPC on writes past the end, EINVAL otherwise.
-            let code = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
-                ENOSPC
-            } else {
-                EINVAL
-            };
-            return error_reply(sess, h, code, &msg);
-        }
-    }
-    if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
-        let msg = format!("read of {} bytes exceeds the 32 MiB maximum", req.length);
-        return error_reply(sess, h, EINVAL, &msg);
-    }
-    if req.kind == CMD_BLOCK_STATUS && !sess.allocation_context {
-        return error_reply(sess, h, EINVAL, "no metadata context was negotiated");
-    }
-    if req.kind == CMD_BLOCK_STATUS && req.length == 0 {
-        return error_reply(sess, h, EINVAL, "block status of an empty range");
-    }
     let pool = shared.pool();
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let (off, len) = (req.offset, req.length as u64);
     let res = match req.kind {
-        CMD_READ => return read(pool, sess, req),
+        // Built whole: with no sink, `read` never fails.
+        CMD_READ => {
+            return read(pool, sess, req, None)
+                .unwrap_or_else(|_| error_reply(sess, h, EIO, "internal error in thinpool serve"))
+        }
         CMD_BLOCK_STATUS => return block_status(pool, sess, req),
         CMD_WRITE => pool.write(e.id, off, payload),
         CMD_TRIM => pool.discard(e.id, off, len),
@@ -424,62 +517,168 @@ pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &
     }
 }
 
-fn read(pool: &SharedPool, sess: &Session, req: &Request) -> Vec<u8> {
-    let (h, id, off, len) = (req.handle, sess.export.id, req.offset, req.length as usize);
-    if !sess.structured {
-        let mut out = vec![0u8; SIMPLE_REPLY_SIZE + len];
-        if let Err(e) = pool.read(id, off, &mut out[SIMPLE_REPLY_SIZE..]) {
-            return pool_error(sess, h, &e);
-        }
-        simple_reply(&mut out, 0, h);
-        return out;
-    }
-    if len == 0 {
-        let mut out = Vec::new();
-        push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, h, &[]);
-        return out;
-    }
-    // Runs of mapped (data) and unmapped (hole) bytes; one data run when DF forbids holes.
-    let runs = if req.flags & CMD_FLAG_DF != 0 {
-        vec![(off, off + len as u64, true)]
-    } else {
-        match extents(pool, id, off, off + len as u64, usize::MAX) {
-            Ok((r, _)) => r,
-            Err(e) => return pool_error(sess, h, &e),
+/// The error reply a request gets before it touches the pool, if it is not valid.
+fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
+    let h = req.handle;
+    let e = &sess.export;
+    let allowed = match req.kind {
+        CMD_READ if sess.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+        k => {
+            return Some(error_reply(
+                sess,
+                h,
+                EINVAL,
+                &format!("unknown command {k}"),
+            ))
         }
     };
-    let data_bytes: u64 = runs.iter().filter(|r| r.2).map(|r| r.1 - r.0).sum();
-    let mut out = Vec::with_capacity(data_bytes as usize + runs.len() * 32);
-    for (i, &(start, end, data)) in runs.iter().enumerate() {
-        let flags = if i + 1 == runs.len() {
-            REPLY_FLAG_DONE
-        } else {
-            0
-        };
-        let n = end - start;
-        if data {
-            let at = out.len();
-            out.resize(at + CHUNK_HEADER_SIZE + 8 + n as usize, 0);
-            chunk_header(
-                &mut out[at..],
-                flags,
-                REPLY_TYPE_OFFSET_DATA,
-                h,
-                8 + n as u32,
+    if req.flags & !allowed != 0 {
+        let msg = format!(
+            "flags {:#x} are not valid for command {}",
+            req.flags, req.kind
+        );
+        return Some(error_reply(sess, h, EINVAL, &msg));
+    }
+    let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    if writes && e.read_only {
+        let msg = format!("export '{}' is read-only", e.name);
+        return Some(error_reply(sess, h, EPERM, &msg));
+    }
+    if req.kind != CMD_FLUSH {
+        let in_range = req
+            .offset
+            .checked_add(req.length as u64)
+            .is_some_and(|end| end <= e.size);
+        if !in_range {
+            let msg = format!(
+                "range {}+{} is outside export '{}' ({} bytes)",
+                req.offset, req.length, e.name, e.size
             );
-            out[at + CHUNK_HEADER_SIZE..at + CHUNK_HEADER_SIZE + 8]
-                .copy_from_slice(&start.to_be_bytes());
-            if let Err(e) = pool.read(id, start, &mut out[at + CHUNK_HEADER_SIZE + 8..]) {
-                return pool_error(sess, h, &e);
-            }
-        } else {
-            let mut p = [0u8; 12];
-            p[..8].copy_from_slice(&start.to_be_bytes());
-            p[8..].copy_from_slice(&(n as u32).to_be_bytes());
-            push_chunk(&mut out, flags, REPLY_TYPE_OFFSET_HOLE, h, &p);
+            // The spec asks for ENOSPC on writes past the end, EINVAL otherwise.
+            let code = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
+                ENOSPC
+            } else {
+                EINVAL
+            };
+            return Some(error_reply(sess, h, code, &msg));
         }
     }
-    out
+    if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
+        let msg = format!("read of {} bytes exceeds the 32 MiB maximum", req.length);
+        return Some(error_reply(sess, h, EINVAL, &msg));
+    }
+    if req.kind == CMD_BLOCK_STATUS && !sess.allocation_context {
+        return Some(error_reply(
+            sess,
+            h,
+            EINVAL,
+            "no metadata context was negotiated",
+        ));
+    }
+    if req.kind == CMD_BLOCK_STATUS && req.length == 0 {
+        return Some(error_reply(
+            sess,
+            h,
+            EINVAL,
+            "block status of an empty range",
+        ));
+    }
+    None
+}
+
+/// Where the pieces of a read reply go as they are read: `None` builds the reply whole
+/// (returned), a sink sends every piece but the last (returned) as soon as it is read.
+type Sink<'a> = Option<&'a mut dyn FnMut(&[u8]) -> io::Result<()>>;
+
+/// The reply to a read, data read `STREAM_PIECE` at a time. An error before anything was
+/// handed to the sink is an error reply; after, a structured reply ends with an error
+/// chunk, and `Err` means the reply cannot be finished (a sink error, or a simple reply or
+/// an unfragmented (DF) chunk already under way): the connection must end.
+fn read(pool: &SharedPool, sess: &Session, req: &Request, mut sink: Sink) -> io::Result<Vec<u8>> {
+    let (h, id, off, len) = (req.handle, sess.export.id, req.offset, req.length as u64);
+    // Runs of mapped (data) and unmapped (hole) bytes; one data run when holes cannot be
+    // told (simple replies) or DF forbids them.
+    let fragment = sess.structured && req.flags & CMD_FLAG_DF == 0;
+    let runs = if len == 0 {
+        Vec::new()
+    } else if fragment {
+        match extents(pool, id, off, off + len, usize::MAX) {
+            Ok((r, _)) => r,
+            Err(e) => return Ok(pool_error(sess, h, &e)),
+        }
+    } else {
+        vec![(off, off + len, true)]
+    };
+    let whole = if sink.is_none() { len as usize } else { 0 };
+    let mut out = Vec::with_capacity(whole.max(STREAM_PIECE.min(len as usize)) + 64);
+    let mut sent = false;
+    if !sess.structured {
+        out.resize(SIMPLE_REPLY_SIZE, 0);
+        simple_reply(&mut out, 0, h);
+    } else if runs.is_empty() {
+        push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, h, &[]);
+    }
+    for (i, &(start, end, data)) in runs.iter().enumerate() {
+        let last_run = i + 1 == runs.len();
+        if !data {
+            let mut p = [0u8; 12];
+            p[..8].copy_from_slice(&start.to_be_bytes());
+            p[8..].copy_from_slice(&((end - start) as u32).to_be_bytes());
+            let flags = if last_run { REPLY_FLAG_DONE } else { 0 };
+            push_chunk(&mut out, flags, REPLY_TYPE_OFFSET_HOLE, h, &p);
+            continue;
+        }
+        let mut pos = start;
+        while pos < end {
+            let n = (end - pos).min(STREAM_PIECE as u64);
+            // Where this piece's bytes begin in `out`, and where its chunk header does.
+            let header_at = out.len();
+            if sess.structured && (fragment || pos == start) {
+                // A fragmented reply gives each piece a chunk; a DF reply has one chunk.
+                let chunk_end = if fragment { pos + n } else { end };
+                let flags = if last_run && chunk_end == end {
+                    REPLY_FLAG_DONE
+                } else {
+                    0
+                };
+                let mut hdr = [0u8; CHUNK_HEADER_SIZE + 8];
+                chunk_header(
+                    &mut hdr,
+                    flags,
+                    REPLY_TYPE_OFFSET_DATA,
+                    h,
+                    8 + (chunk_end - pos) as u32,
+                );
+                hdr[CHUNK_HEADER_SIZE..].copy_from_slice(&pos.to_be_bytes());
+                out.extend_from_slice(&hdr);
+            }
+            let at = out.len();
+            out.resize(at + n as usize, 0);
+            if let Err(e) = pool.read(id, pos, &mut out[at..]) {
+                if !sent {
+                    return Ok(pool_error(sess, h, &e));
+                }
+                if !fragment {
+                    return Err(io::Error::other(e.to_string()));
+                }
+                out.truncate(header_at);
+                out.extend_from_slice(&pool_error(sess, h, &e));
+                return Ok(out);
+            }
+            pos += n;
+            if let Some(sink) = sink.as_mut() {
+                if pos < end || !last_run {
+                    sink(&out)?;
+                    out.clear();
+                    sent = true;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A run of bytes `[start, end)` and whether it is mapped (data) or a hole.
