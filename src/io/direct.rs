@@ -210,7 +210,7 @@ pub(crate) fn run_ops<D: RawIo + ?Sized>(
     }
     let r = match core.stripes() {
         Some(stripes) => run_direct(dev, stripes, ops),
-        None => dev.raw_batch(ops),
+        None => run_buffered(dev, ops),
     };
     match r {
         Ok(()) => {
@@ -222,6 +222,52 @@ pub(crate) fn run_ops<D: RawIo + ?Sized>(
         Err(_) => core.refresh_len(),
     }
     r
+}
+
+/// Through the page cache, writes go to the file in pieces that never cross a multiple of
+/// `FOLIO_PIECE`: the kernel sizes the page-cache folios a write creates by the write, and a
+/// small write into a large folio later costs in proportion to the folio (ext4 on kernel
+/// 6.18: 4 KiB random writes through `serve` ran at 25k IOPS after a fill with 1 MiB
+/// writes, 62k with the fill in these pieces).
+pub(crate) const FOLIO_PIECE: u64 = 64 << 10;
+
+/// A batch through the page cache: writes cut into `FOLIO_PIECE` pieces, one batch still.
+fn run_buffered<D: RawIo + ?Sized>(
+    dev: &D,
+    ops: &mut [IoOp<'_>],
+) -> Result<(), (usize, io::Error)> {
+    let crosses =
+        |op: &IoOp<'_>| op.is_write() && op.offset() % FOLIO_PIECE + op.len() as u64 > FOLIO_PIECE;
+    if !ops.iter().any(crosses) {
+        return dev.raw_batch(ops);
+    }
+    let mut pieces = Vec::with_capacity(ops.len() * 2);
+    let mut origin = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter_mut().enumerate() {
+        match op {
+            IoOp::Write { buf, offset } => {
+                let (buf, mut at) = (&**buf, *offset);
+                let mut rest = buf;
+                while !rest.is_empty() {
+                    let n = ((FOLIO_PIECE - at % FOLIO_PIECE) as usize).min(rest.len());
+                    let (piece, tail) = rest.split_at(n);
+                    pieces.push(IoOp::write(piece, at));
+                    origin.push(i);
+                    rest = tail;
+                    at += n as u64;
+                }
+                if buf.is_empty() {
+                    pieces.push(IoOp::write(buf, at));
+                    origin.push(i);
+                }
+            }
+            read => {
+                pieces.push(read.reborrow());
+                origin.push(i);
+            }
+        }
+    }
+    dev.raw_batch(&mut pieces).map_err(|(k, e)| (origin[k], e))
 }
 
 fn aligned_range(offset: u64, len: usize) -> (u64, u64) {
@@ -380,6 +426,77 @@ fn edge_reads<'b>(a0: u64, op: &IoOp<'_>, buf: &'b mut AlignedBuf) -> Vec<IoOp<'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records the ops it is given and performs them on a real file.
+    struct Recorder {
+        core: FileCore,
+        file: std::fs::File,
+        seen: std::sync::Mutex<Vec<(bool, u64, usize)>>,
+    }
+
+    impl RawIo for Recorder {
+        fn core(&self) -> &FileCore {
+            &self.core
+        }
+        fn raw_batch(&self, ops: &mut [IoOp<'_>]) -> Result<(), (usize, io::Error)> {
+            use std::os::unix::fs::FileExt;
+            for (i, op) in ops.iter_mut().enumerate() {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .push((op.is_write(), op.offset(), op.len()));
+                let r = match op {
+                    IoOp::Read { buf, offset } => self.file.read_exact_at(buf, *offset),
+                    IoOp::Write { buf, offset } => self.file.write_all_at(buf, *offset),
+                };
+                r.map_err(|e| (i, e))?;
+            }
+            Ok(())
+        }
+        fn raw_flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Buffered writes reach the file in pieces that never cross a 64 KiB boundary (they
+    /// once went whole, and 4 KiB writes into the large folios a 1 MiB write made were
+    /// 2.5x slower); reads go whole; the bytes are the same.
+    #[test]
+    fn buffered_writes_go_in_folio_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+        let dev = Recorder {
+            core: FileCore::open(&path, true, false).unwrap(),
+            file: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+            seen: Default::default(),
+        };
+        let big: Vec<u8> = (0..(1 << 20) + 300).map(|i| (i % 251) as u8).collect();
+        let small = [7u8; 4096];
+        let mut back = vec![0u8; 300_000];
+        let mut ops = [
+            IoOp::write(&big, 65536 - 100),
+            IoOp::write(&small, 2 << 20),
+            IoOp::read(&mut back, 10),
+        ];
+        run_ops(&dev, &mut ops).unwrap();
+        let seen = dev.seen.lock().unwrap().clone();
+        let writes: Vec<_> = seen.iter().filter(|o| o.0).collect();
+        assert!(writes.len() > 16, "{writes:?}");
+        for &&(_, off, len) in &writes {
+            assert!(off % FOLIO_PIECE + len as u64 <= FOLIO_PIECE, "{off}+{len}");
+        }
+        assert_eq!(writes[0], &(true, 65536 - 100, 100));
+        let total: usize = writes.iter().map(|w| w.2).sum();
+        assert_eq!(total, big.len() + small.len());
+        assert!(seen.contains(&(false, 10, 300_000)), "the read went whole");
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(&file[65536 - 100..65536 - 100 + big.len()], &big[..]);
+    }
 
     #[test]
     fn step_completes_resumes_and_zero_fills() {
