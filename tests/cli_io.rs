@@ -338,3 +338,32 @@ fn io_engines_read_each_others_writes() {
         .fails(2, "auto, uring or sync");
     tp.check_clean();
 }
+
+/// The space a `discard` or `remove` frees is back in the filesystem when the command
+/// returns: it once stayed allocated in the data file until some later command committed
+/// (a freed block may be punched only once two commits no longer map it).
+#[test]
+fn freed_space_reaches_the_filesystem_when_the_command_returns() {
+    let tp = TestPool::new("64M", "64K");
+    let data_blocks = || std::fs::metadata(tp.dir.join("data")).unwrap().blocks() * 512;
+    tp.run(&["create", "{}", "a", "--size", "8M"]).ok();
+    tp.run(&["create", "{}", "b", "--size", "8M"]).ok();
+    let f = tp.put("in", &pattern(3, 8 << 20));
+    tp.run(&["write", "{}", "a", &f]).ok();
+    tp.run(&["write", "{}", "b", &f]).ok();
+    let full = data_blocks();
+    assert!(full >= 16 << 20, "data file holds {full} bytes");
+    tp.run(&["discard", "{}", "a"]).ok();
+    let after_discard = data_blocks();
+    assert!(
+        after_discard <= full - (8 << 20),
+        "after discarding 8 MiB the data file still holds {after_discard} of {full} bytes"
+    );
+    tp.run(&["remove", "{}", "b"]).ok();
+    let after_remove = data_blocks();
+    assert!(
+        after_remove <= after_discard - (8 << 20),
+        "after removing an 8 MiB volume the data file still holds {after_remove} bytes"
+    );
+    tp.run(&["check", "{}"]).ok();
+}

@@ -419,3 +419,40 @@ fn long_reads_arrive_whole_in_every_reply_form() {
     good_roundtrip(&mut good, 3);
     srv.stop().unwrap();
 }
+
+/// A client's TRIM gives its space back to the filesystem within two commit intervals
+/// with no further writes: the timer commits once more after a commit that freed blocks
+/// (they can be punched only then). It once waited for the next mapping change.
+#[test]
+fn trimmed_space_returns_to_the_filesystem_on_an_idle_server() {
+    use std::os::unix::fs::MetadataExt;
+    let t = make_pool(&[("vol", 8 * MIB)], 64 << 10);
+    let dir = pool_dir(&t);
+    let mut opts = thinpool::nbd::ServeOptions::new(&dir);
+    opts.commit_interval = std::time::Duration::from_millis(100);
+    let srv = Server::start_with(opts);
+    let mut c = Raw::attach(&srv.socket, "vol", false);
+    let chunk = vec![0x77u8; MIB as usize];
+    for i in 0..8u64 {
+        assert_eq!(c.write(i, i * MIB, &chunk), 0);
+    }
+    c.request(0, 3, 100, 0, 0, &[]); // FLUSH
+    assert_eq!(c.simple(), (0, 100));
+    let held = || std::fs::metadata(dir.join("data")).unwrap().blocks() * 512;
+    let full = held();
+    assert!(full >= 8 * MIB, "data file holds {full} bytes");
+    c.request(0, 4, 101, 0, 8 * MIB as u32, &[]); // TRIM
+    assert_eq!(c.simple(), (0, 101));
+    let t0 = std::time::Instant::now();
+    while held() > full - 8 * MIB {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "5 s after a TRIM of 8 MiB the data file still holds {} of {full} bytes",
+            held()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    println!("trimmed space returned in {:?}", t0.elapsed());
+    good_roundtrip(&mut c, 4);
+    srv.stop().unwrap();
+}

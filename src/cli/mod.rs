@@ -329,6 +329,7 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
         }
     }
     execute(cmd, &mut pool, out, Mode::Local)?;
+    pool.return_freed_space()?;
     Ok(0)
 }
 
@@ -396,7 +397,8 @@ pub fn run_in_pool(
             "this command cannot be sent to a running `thinpool serve`"
         )),
         cmd => refuse_attached(cmd, pool, attached)
-            .and_then(|()| execute(cmd, pool, out, Mode::Server)),
+            .and_then(|()| execute(cmd, pool, out, Mode::Server))
+            .and_then(|()| Ok(pool.return_freed_space()?)),
     };
     match res {
         Ok(()) => 0,

@@ -537,6 +537,23 @@ impl Pool {
         Ok(())
     }
 
+    /// Commit once more, changing nothing, when the last commit freed data blocks, so they
+    /// are punched from the data file now: a freed block is punched once no protected
+    /// record maps it, i.e. by the commit after the one that freed it (docs/format.md).
+    /// Without this the space a `discard` or `remove` freed reached `df` only with some
+    /// later command's commit. Does nothing while the transaction has uncommitted changes.
+    pub fn return_freed_space(&mut self) -> Result<()> {
+        if self.frees_pending() && !self.tm.is_dirty() {
+            self.force_commit()?;
+        }
+        Ok(())
+    }
+
+    /// The last commit freed data blocks that are not punched yet.
+    pub(crate) fn frees_pending(&self) -> bool {
+        !self.punch_next.is_empty()
+    }
+
     /// True when the transaction in progress changed metadata (a commit would write a
     /// record); in-place data writes alone do not count.
     pub fn metadata_dirty(&self) -> bool {

@@ -298,14 +298,23 @@ impl SharedPool {
         }
     }
 
-    /// The timer's commit: only when metadata changed (new mappings, discards). Writes in
-    /// place alone need a sync only on FLUSH, so an interval that saw nothing else costs
-    /// nothing.
+    /// The timer's commit: only when metadata changed (new mappings, discards), or once
+    /// more after a commit that freed data blocks, to punch them. Writes in place alone
+    /// need a sync only on FLUSH, so an interval that saw nothing else costs nothing.
     pub fn periodic_commit(&self) -> Result<()> {
-        if !self.lock()?.metadata_dirty() {
-            return Ok(());
+        let (dirty, frees) = {
+            let p = self.lock()?;
+            (p.metadata_dirty(), p.frees_pending())
+        };
+        if dirty {
+            return self.commit();
         }
-        self.commit()
+        // A TRIM's blocks were freed by the last commit: one more returns their space to
+        // the filesystem now, not whenever the next mapping change comes.
+        if frees {
+            self.exclusive_synced()?.pool.return_freed_space()?;
+        }
+        Ok(())
     }
 
     /// Exclusive access with the data device synced first while requests keep flowing, so
