@@ -304,7 +304,7 @@ impl FileDev {
 }
 
 /// pread/pwrite one op to completion (EINTR retried, short transfers resumed).
-fn transfer(file: &File, direct: bool, op: &mut IoOp<'_>) -> io::Result<()> {
+pub(super) fn transfer(file: &File, direct: bool, op: &mut IoOp<'_>) -> io::Result<()> {
     let len = op.len();
     let mut done = 0;
     while done < len {

@@ -15,7 +15,8 @@
 //! - short reads and writes are resumed where they stopped, a read past the end of the file
 //!   reads zeros, `EAGAIN`/`EINTR` completions are resubmitted, and any other error fails
 //!   the op (the batch returns the first such error once the rest has drained);
-//! - `flush` is one `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (an `fdatasync`).
+//! - `flush` is one `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (an `fdatasync`);
+//! - a batch of one op through the page cache is a plain pread/pwrite (see `raw_batch`).
 //!
 //! If `io_uring_enter` itself fails for a reason other than `EINTR`/`EAGAIN`/`EBUSY` while
 //! requests are in flight (it cannot, short of a kernel bug: the ring and its fd belong to
@@ -184,6 +185,16 @@ impl RawIo for UringDev {
     fn raw_batch(&self, ops: &mut [IoOp<'_>]) -> Result<(), (usize, io::Error)> {
         if ops.iter().all(|op| op.is_empty()) {
             return Ok(());
+        }
+        // One op through the page cache: a plain pread/pwrite in this thread. io_uring hands
+        // a buffered write to an io-wq worker (ext4), one more thread hop: 4 KiB random
+        // writes through `serve` ran at 46-58k IOPS through the ring and 57-74k without it,
+        // while a long request's pieces (one batch, one submission) are faster through it
+        // (1M writes qd8: 1,768-1,982 vs 1,356-1,536 IOPS).
+        if let [op] = ops {
+            if !self.core.is_direct() {
+                return super::file::transfer(self.core.file(), false, op).map_err(|e| (0, e));
+            }
         }
         let mut ring = self.ring();
         submit_all(&mut ring, self.fd(), self.core.is_direct(), ops)
