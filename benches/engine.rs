@@ -14,7 +14,7 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -150,26 +150,28 @@ fn volume_io(c: &mut Criterion) {
     p.commit().unwrap();
     raw.flush().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut rng2 = ChaCha8Rng::seed_from_u64(3);
     let mut buf = vec![0u8; BS as usize];
+    let mut buf2 = vec![0u8; BS as usize];
     let mut g = c.benchmark_group("volume_io");
-    g.bench_function("4k randread provisioned: thinpool", |b| {
-        b.iter(|| p.read(v, rng.gen_range(0..blocks) * BS, &mut buf).unwrap())
-    });
-    g.bench_function("4k randread provisioned: raw file", |b| {
-        b.iter(|| {
-            raw.read_at(&mut buf, rng.gen_range(0..blocks) * BS)
+    paired(
+        &mut g,
+        "4k randread provisioned",
+        || p.read(v, rng.gen_range(0..blocks) * BS, &mut buf).unwrap(),
+        || {
+            raw.read_at(&mut buf2, rng2.gen_range(0..blocks) * BS)
                 .unwrap()
-        })
-    });
+        },
+    );
     let data = vec![0x3cu8; BS as usize];
-    g.bench_function("4k randwrite in place: thinpool", |b| {
-        b.iter(|| p.write(v, rng.gen_range(0..blocks) * BS, &data).unwrap())
-    });
-    g.bench_function("4k randwrite in place: raw file", |b| {
-        b.iter(|| raw.write_at(&data, rng.gen_range(0..blocks) * BS).unwrap())
-    });
+    paired(
+        &mut g,
+        "4k randwrite in place",
+        || p.write(v, rng.gen_range(0..blocks) * BS, &data).unwrap(),
+        || raw.write_at(&data, rng2.gen_range(0..blocks) * BS).unwrap(),
+    );
     p.commit().unwrap();
-    // First writes: every iteration writes a block never written before (a fresh volume
+    // First writes: every operation writes a block never written before (a fresh volume
     // of 4 GiB in random order; the raw file is sparse over the same range).
     const FRESH: u64 = 4 << 30;
     let fresh = p.create_volume("fresh", FRESH, false).unwrap();
@@ -177,32 +179,63 @@ fn volume_io(c: &mut Criterion) {
     raw_fresh.ensure_len(FRESH).unwrap();
     let mut order: Vec<u64> = (0..FRESH / BS).collect();
     rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
-    let mut i = 0usize;
-    g.bench_function("4k first write: thinpool", |b| {
-        b.iter_batched(
-            || {
-                i = (i + 1) % order.len();
-                order[i]
-            },
-            |vb| p.write(fresh, vb * BS, &data).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
-    let mut j = 0usize;
-    g.bench_function("4k first write: raw file", |b| {
-        b.iter_batched(
-            || {
-                j = (j + 1) % order.len();
-                order[j]
-            },
-            |vb| raw_fresh.write_at(&data, vb * BS).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
+    let (mut i, mut j) = (0usize, 0usize);
+    paired(
+        &mut g,
+        "4k first write",
+        || {
+            i = (i + 1) % order.len();
+            p.write(fresh, order[i] * BS, &data).unwrap()
+        },
+        || {
+            j = (j + 1) % order.len();
+            raw_fresh.write_at(&data, order[j] * BS).unwrap()
+        },
+    );
     g.finish();
     let _ = std::fs::remove_dir_all(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-engine"),
     );
+}
+
+/// Operations timed in one stretch before the other side runs as many.
+const ROUND: u64 = 64;
+
+/// Time `timed`, interleaved round by round with as many runs of `other` (untimed), so
+/// both sides of a pair see the same page cache, writeback and machine noise: comparing
+/// two benchmarks run one after the other measured the drift between them as much as
+/// the engine (issue 9: "side by side in one run").
+fn alternate(iters: u64, timed: &mut dyn FnMut(), other: &mut dyn FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(ROUND);
+        let t0 = Instant::now();
+        for _ in 0..n {
+            timed();
+        }
+        total += t0.elapsed();
+        for _ in 0..n {
+            other();
+        }
+        left -= n;
+    }
+    total
+}
+
+/// `LABEL: thinpool` and `LABEL: raw file`, each timed interleaved with the other.
+fn paired(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    mut thin: impl FnMut(),
+    mut raw: impl FnMut(),
+) {
+    g.bench_function(format!("{label}: thinpool"), |b| {
+        b.iter_custom(|iters| alternate(iters, &mut thin, &mut raw))
+    });
+    g.bench_function(format!("{label}: raw file"), |b| {
+        b.iter_custom(|iters| alternate(iters, &mut raw, &mut thin))
+    });
 }
 
 criterion_group!(benches, btree, spacemap, commit, volume_io);

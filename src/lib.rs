@@ -19,6 +19,7 @@ pub mod crash;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hash;
 pub mod io;
 pub mod meta;
 pub mod nbd;

@@ -4,7 +4,8 @@
 use super::output::create_output;
 use super::size::{format_size, parse_size};
 use super::Mode;
-use crate::pool::{Details, Pool, PoolError, VolumeId};
+use crate::pool::details::Access;
+use crate::pool::{Details, Pool, VolumeId};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::fs::File;
@@ -74,19 +75,6 @@ fn named(file: &Option<PathBuf>) -> Option<&Path> {
     file.as_deref().filter(|p| p.as_os_str() != "-")
 }
 
-/// The library's own out-of-range error, raised before any byte moves.
-fn check_range(name: &str, d: &Details, offset: u64, len: u64) -> Result<(), PoolError> {
-    match offset.checked_add(len) {
-        Some(end) if end <= d.size => Ok(()),
-        _ => Err(PoolError::OutOfRange {
-            name: name.to_string(),
-            offset,
-            len,
-            size: d.size,
-        }),
-    }
-}
-
 fn volume(pool: &mut Pool, name: &str) -> Result<(VolumeId, Details)> {
     Ok(pool.find(name)?)
 }
@@ -106,10 +94,9 @@ fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> Result<()> {
-    let (id, d) = volume(pool, &a.volume)?;
-    if d.read_only {
-        return Err(PoolError::ReadOnlyVolume(a.volume.clone()).into());
-    }
+    let (id, _) = volume(pool, &a.volume)?;
+    // Read-only or past the end: refused before the input is opened.
+    pool.resolve(id, a.offset, 0, Access::Write)?;
     let mut stdin_lock;
     let mut file;
     let (input, known_len): (&mut dyn Read, Option<u64>) = match named(&a.file) {
@@ -132,7 +119,7 @@ pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) ->
     };
     // A regular file's size is known: refuse before writing anything. From a stream the
     // library stops at the volume's end.
-    check_range(&a.volume, &d, a.offset, known_len.unwrap_or(0))?;
+    pool.resolve(id, a.offset, known_len.unwrap_or(0), Access::Write)?;
     let mut buf = vec![0u8; CHUNK];
     let mut pos = a.offset;
     let result = (|| -> Result<()> {
@@ -179,7 +166,7 @@ pub fn read(a: &ReadArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Some(l) => l,
         None => d.size.checked_sub(a.offset).unwrap_or(1),
     };
-    check_range(&a.volume, &d, a.offset, len)?;
+    pool.resolve(id, a.offset, len, Access::Read)?;
     let Some(path) = named(&a.file) else {
         if mode == Mode::Server {
             anyhow::bail!(
@@ -258,14 +245,11 @@ impl WriteSeek for &mut dyn Write {
 
 pub fn discard(a: &DiscardArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {
     let (id, d) = volume(pool, &a.volume)?;
-    if d.read_only {
-        return Err(PoolError::ReadOnlyVolume(a.volume.clone()).into());
-    }
     let len = match a.length {
         Some(l) => l,
         None => d.size.checked_sub(a.offset).unwrap_or(1),
     };
-    check_range(&a.volume, &d, a.offset, len)?;
+    pool.resolve(id, a.offset, len, Access::Write)?;
     let before = pool.info()?.data_blocks_used;
     pool.discard(id, a.offset, len)?;
     pool.commit()?;

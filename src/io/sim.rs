@@ -13,33 +13,14 @@
 //! layers: copy-on-write, never a full copy per state.
 
 use super::BlockDev;
-use std::collections::HashMap;
+use crate::hash::IntMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 pub const SECTOR: u64 = 512;
 type Sector = Box<[u8; SECTOR as usize]>;
 
-/// A fast hasher for sector numbers (SipHash's DoS resistance buys nothing here, and
-/// hashing dominated the simulator's profile).
-#[derive(Default, Clone, Copy)]
-pub struct SectorHasher(u64);
-
-impl std::hash::Hasher for SectorHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-type SectorMap = HashMap<u64, Sector, std::hash::BuildHasherDefault<SectorHasher>>;
+type SectorMap = IntMap<u64, Sector>;
 
 /// Sector contents written in one epoch (or one crash image's own writes).
 #[derive(Default, Clone)]

@@ -314,6 +314,18 @@ impl Tm {
         kind: TreeKind,
         key: u64,
     ) -> Result<Option<Vec<u8>>> {
+        self.btree_lookup_with(root, kind, key, <[u8]>::to_vec)
+    }
+
+    /// Look up `key` and hand its value, in place, to `f` (the data path decodes what it
+    /// needs without copying the value out).
+    pub fn btree_lookup_with<T>(
+        &mut self,
+        root: BlockRef,
+        kind: TreeKind,
+        key: u64,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>> {
         let mut r = root;
         let mut depth = 0;
         loop {
@@ -322,7 +334,7 @@ impl Tm {
             let blk = self.read_node(r, kind)?;
             let n = Node(&blk);
             if n.is_leaf() {
-                return Ok(n.search(key).ok().map(|i| n.value(i).to_vec()));
+                return Ok(n.search(key).ok().map(|i| f(n.value(i))));
             }
             if n.nr() == 0 {
                 return Ok(None);

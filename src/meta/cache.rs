@@ -7,6 +7,7 @@
 
 use super::block::{self, BlockType};
 use super::{MetaBlock, MetaError, BLOCK_SIZE};
+use crate::hash::IntBuild;
 use crate::io::BlockDev;
 use lru::LruCache;
 use std::collections::BTreeSet;
@@ -27,7 +28,7 @@ pub struct CacheStats {
 pub struct BlockManager {
     dev: Arc<dyn BlockDev>,
     uuid: [u8; 16],
-    cache: LruCache<u64, Block>,
+    cache: LruCache<u64, Block, IntBuild>,
     dirty: BTreeSet<u64>,
     capacity: usize,
     nr_blocks: u64,
@@ -39,7 +40,7 @@ impl BlockManager {
         BlockManager {
             dev,
             uuid,
-            cache: LruCache::unbounded(),
+            cache: LruCache::unbounded_with_hasher(IntBuild::default()),
             dirty: BTreeSet::new(),
             capacity: capacity.max(64),
             nr_blocks,

@@ -14,8 +14,9 @@ use super::journal::{self, BlockRef, Record, Root, RootId, SlotScan, NR_ROOTS};
 use super::label::Label;
 use super::spacemap::{self, SmKind, SmRoots, SpaceMap, ENTRIES_PER_PAGE};
 use super::{DataBlock, MetaBlock, MetaError, Result, BLOCK_SIZE};
+use crate::hash::{IntMap, IntSet};
 use crate::io::BlockDev;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Blocks kept free for the commit itself (space-map pages and index nodes it shadows).
@@ -84,7 +85,7 @@ pub struct Tm {
     pub last: Record,
     pub msm: SpaceMap,
     pub dsm: SpaceMap,
-    shadowed: HashSet<u64>,
+    shadowed: IntSet<u64>,
     pending: BTreeMap<u64, i64>,
     /// Sum of the positive deltas in `pending` (this transaction's allocations), kept up to
     /// date so the free-space estimate every allocation checks is O(1).
@@ -93,8 +94,8 @@ pub struct Tm {
     applying: bool,
     /// Data blocks whose count reached zero in this transaction (punched after commit).
     pub data_freed: Vec<u64>,
-    page_memo: HashMap<(u8, u64), BlockRef>,
-    prot_memo: HashMap<(u8, u8, u64), Option<BlockRef>>,
+    page_memo: IntMap<(u8, u64), BlockRef>,
+    prot_memo: IntMap<(u8, u8, u64), Option<BlockRef>>,
     pub read_only: bool,
     /// Metadata blocks the last commit freed (zero in S, not in S-1): free by the space map
     /// but protected from reuse until the next commit, so not available to allocate.
@@ -772,14 +773,14 @@ impl Tm {
             label,
             msm: empty_sm(SmKind::Meta, meta_blocks),
             dsm: empty_sm(SmKind::Data, data_blocks),
-            shadowed: HashSet::new(),
+            shadowed: IntSet::default(),
             pending: BTreeMap::new(),
             pending_alloc: 0,
             bump: Some(first_free),
             applying: false,
             data_freed: Vec::new(),
-            page_memo: HashMap::new(),
-            prot_memo: HashMap::new(),
+            page_memo: IntMap::default(),
+            prot_memo: IntMap::default(),
             read_only: false,
             meta_freed_last: 0,
             meta_freed_now: 0,
@@ -904,14 +905,14 @@ impl Tm {
             dsm: sm_from_record(SmKind::Data, &rec, dsm_prot, 0),
             last: rec.clone(),
             label,
-            shadowed: HashSet::new(),
+            shadowed: IntSet::default(),
             pending: BTreeMap::new(),
             pending_alloc: 0,
             bump: None,
             applying: false,
             data_freed: Vec::new(),
-            page_memo: HashMap::new(),
-            prot_memo: HashMap::new(),
+            page_memo: IntMap::default(),
+            prot_memo: IntMap::default(),
             read_only,
             meta_freed_last: 0,
             meta_freed_now: 0,

@@ -15,8 +15,7 @@
 //!   the write with ENOSPC and changes nothing.
 //! - Discard unmaps whole blocks and zeroes the covered part of partial edge blocks.
 
-use super::details::Details;
-use super::details::DETAILS;
+use super::details::{Access, IoVolume, DETAILS};
 use super::{Pool, PoolError, Result, VolumeId};
 use crate::io::{BlockDev, IoOp};
 use crate::meta::btree::{pack_mapping, unpack_mapping, DEV_ROOTS, MAPPING, SM_INDEX, SM_OVERFLOW};
@@ -147,21 +146,6 @@ pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[
         dev.submit_batch(&mut ops)
             .map_err(|e| batch_err("write", e))?;
     }
-    // Newly mapped blocks are what the next commit must sync before its record: start
-    // their writeback now, so the commit's fdatasync (which runs while requests wait, see
-    // shared.rs) finds little left. Overwrites in place need a sync only on FLUSH and stay
-    // in the page cache. Advisory: an error here changes nothing.
-    let mut wb = Runs::default();
-    for (i, (_, t)) in plan.targets.iter().enumerate() {
-        if let Target::New { new, .. } = *t {
-            // Whole blocks (pages that are not dirty cost nothing); the source index only
-            // lets adjacent blocks merge.
-            wb.push(new * bs, i * bs as usize, bs as usize);
-        }
-    }
-    for (off, _, len) in wb.0 {
-        let _ = dev.start_writeback(off, len as u64);
-    }
     Ok(())
 }
 
@@ -182,18 +166,6 @@ impl Runs {
 }
 
 impl Pool {
-    pub(crate) fn check_range(&self, d: &Details, offset: u64, len: u64) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= d.size => Ok(()),
-            _ => Err(PoolError::OutOfRange {
-                name: d.name.clone(),
-                offset,
-                len,
-                size: d.size,
-            }),
-        }
-    }
-
     pub(crate) fn data_err(
         op: &'static str,
         offset: u64,
@@ -240,23 +212,28 @@ impl Pool {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(u64, u64)>> {
-        let d = self.details(id)?;
-        self.check_range(&d, offset, len)?;
+        self.resolve(id, offset, len, Access::Read)?;
         if len == 0 {
             return Ok(Vec::new());
         }
         let bs = self.block_size();
         let (first, last) = (offset / bs, (offset + len - 1) / bs);
+        if first == last {
+            // One block (most small reads): a lookup, not a range walk.
+            let root = self.vol_root(id)?;
+            let pb = self.tm.btree_lookup_with(root, MAPPING, first, |v| {
+                unpack_mapping(u64::from_le_bytes(v.try_into().unwrap()))
+                    .0
+                     .0
+            })?;
+            return Ok(pb.map(|pb| vec![(first, pb)]).unwrap_or_default());
+        }
         self.mappings(id, first, last + 1, usize::MAX)
     }
 
     /// Write `data` to volume `id` at byte `offset`. Durable at the next commit.
     pub fn write(&mut self, id: VolumeId, offset: u64, data: &[u8]) -> Result<()> {
-        let d = self.details(id)?;
-        if d.read_only {
-            return Err(PoolError::ReadOnlyVolume(d.name));
-        }
-        self.check_range(&d, offset, data.len() as u64)?;
+        let d = self.resolve(id, offset, data.len() as u64, Access::Write)?;
         if data.is_empty() {
             return Ok(());
         }
@@ -452,6 +429,7 @@ impl Pool {
                 }
             }
             self.set_vol_root(id, root)?;
+            self.note_new_data(news.len() as u64 * self.block_size);
             if newly > 0 {
                 let mut d = self.details(id)?;
                 d.mapped += newly;
@@ -469,7 +447,12 @@ impl Pool {
 
     /// New data blocks that zeroing part of each block in `vbs` needs: mapped blocks that
     /// cannot be written in place (unmapped ones already read as zeros).
-    pub(super) fn zeroing_copies(&mut self, id: VolumeId, d: &Details, vbs: &[u64]) -> Result<u64> {
+    pub(super) fn zeroing_copies(
+        &mut self,
+        id: VolumeId,
+        d: &IoVolume,
+        vbs: &[u64],
+    ) -> Result<u64> {
         let root = self.vol_root(id)?;
         let mut n = 0;
         for &vb in vbs {
@@ -552,11 +535,10 @@ impl Pool {
     pub(crate) fn zero_range(
         &mut self,
         id: VolumeId,
-        d: &Details,
+        d: &IoVolume,
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        self.check_range(d, offset, len)?;
         let bs = self.block_size();
         let end = offset + len;
         let mut pos = offset;
@@ -577,11 +559,7 @@ impl Pool {
     /// Discard (trim) a byte range: whole blocks are unmapped and their space freed once no
     /// volume shares them; partly covered blocks have the covered bytes zeroed.
     pub fn discard(&mut self, id: VolumeId, offset: u64, len: u64) -> Result<()> {
-        let d = self.details(id)?;
-        if d.read_only {
-            return Err(PoolError::ReadOnlyVolume(d.name));
-        }
-        self.check_range(&d, offset, len)?;
+        let d = self.resolve(id, offset, len, Access::Write)?;
         if len == 0 {
             return Ok(());
         }
@@ -627,8 +605,7 @@ impl Pool {
         if may_unmap {
             return self.discard(id, offset, len);
         }
-        let d = self.details(id)?;
-        self.check_range(&d, offset, len)?;
+        self.resolve(id, offset, len, Access::Write)?;
         let chunk = (4u64 << 20).max(self.block_size());
         let zeros = vec![0u8; chunk as usize];
         let mut pos = offset;

@@ -49,9 +49,17 @@ impl Details {
     }
 
     pub fn decode(b: &[u8]) -> Details {
+        let n = (b[48] as usize).min(MAX_NAME);
+        Details {
+            name: String::from_utf8_lossy(&b[49..49 + n]).into_owned(),
+            ..Details::decode_fixed(b)
+        }
+    }
+
+    /// Every field but the name (left empty: no allocation).
+    fn decode_fixed(b: &[u8]) -> Details {
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        let n = (b[48] as usize).min(MAX_NAME);
         Details {
             size: u64_at(0),
             mapped: u64_at(8),
@@ -60,9 +68,41 @@ impl Details {
             read_only: u32_at(28) & FLAG_READ_ONLY != 0,
             origin: u64_at(32),
             created_seq: u64_at(40),
-            name: String::from_utf8_lossy(&b[49..49 + n]).into_owned(),
+            name: String::new(),
         }
     }
+}
+
+/// What a data request needs of a volume's details (see `Pool::resolve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IoVolume {
+    pub size: u64,
+    pub read_only: bool,
+    pub snap_time: u32,
+}
+
+impl IoVolume {
+    /// The fields of an encoded [`Details`] value the data path reads (no name).
+    pub(crate) fn decode(b: &[u8]) -> IoVolume {
+        IoVolume::from(&Details::decode_fixed(b))
+    }
+}
+
+impl From<&Details> for IoVolume {
+    fn from(d: &Details) -> IoVolume {
+        IoVolume {
+            size: d.size,
+            read_only: d.read_only,
+            snap_time: d.snap_time,
+        }
+    }
+}
+
+/// Whether a data request reads or changes the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
 }
 
 /// The rule for volume and snapshot names, as messages state it (see [`validate_name`]).

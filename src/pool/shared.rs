@@ -20,14 +20,15 @@
 //! Commits keep requests waiting as briefly as possible (docs/nbd.md, "Commits"):
 //! - the data file is synced *before* the gate is taken, while requests keep flowing; under
 //!   the gate it is synced again only if a data write completed since that sync started;
-//! - new blocks start their writeback as soon as they are written (`write_data`), so either
-//!   sync finds little left;
+//! - the server's writeback thread starts writeback of the data file every 100 ms when data
+//!   was written ([`SharedPool::writeback`]), so either sync finds little left;
 //! - a commit with no metadata change writes no record (FLUSH after overwrites in place is
 //!   one data sync), and the timer does nothing at all then ([`SharedPool::periodic_commit`]);
 //! - group commit: a caller that arrives while a commit runs waits for the next one, which
 //!   covers every caller waiting when it starts; one commit at a time.
 
 use super::data::{read_data, write_data};
+use super::details::Access;
 use super::sync::{
     Condvar, Instant, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, SeededBug,
 };
@@ -186,11 +187,7 @@ impl SharedPool {
             let _r = self.lock_range(id, lo, hi);
             let plan = {
                 let mut p = self.lock()?;
-                let d = p.details(id)?;
-                if d.read_only {
-                    return Err(PoolError::ReadOnlyVolume(d.name));
-                }
-                p.check_range(&d, offset, data.len() as u64)?;
+                let d = p.resolve(id, offset, data.len() as u64, Access::Write)?;
                 if data.is_empty() {
                     return Ok(());
                 }
@@ -246,17 +243,7 @@ impl SharedPool {
         if may_unmap {
             return self.discard(id, offset, len);
         }
-        {
-            let d = self.lock()?.details(id)?;
-            if offset.checked_add(len).is_none_or(|e| e > d.size) {
-                return Err(PoolError::OutOfRange {
-                    name: d.name,
-                    offset,
-                    len,
-                    size: d.size,
-                });
-            }
-        }
+        self.lock()?.resolve(id, offset, len, Access::Write)?;
         let chunk = (4u64 << 20).max(self.block_size);
         let zeros = vec![0u8; chunk as usize];
         let mut pos = offset;

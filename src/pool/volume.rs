@@ -1,7 +1,7 @@
 //! Volume management: create, snapshot, remove, resize, rename, rollback, list.
 //! Each operation is one transaction, committed before it returns.
 
-use super::details::{validate_name, Details, DETAILS, NO_ORIGIN};
+use super::details::{validate_name, Access, Details, IoVolume, DETAILS, NO_ORIGIN};
 use super::{now, Pool, PoolError, Result, VolumeId};
 use crate::meta::btree::{decode_ref, encode_ref, Node, DEV_ROOTS, MAPPING};
 use crate::meta::journal::BlockRef;
@@ -71,11 +71,37 @@ impl Pool {
     }
 
     pub(crate) fn vol_root(&mut self, id: VolumeId) -> Result<BlockRef> {
+        self.tm
+            .btree_lookup_with(self.top_root, DEV_ROOTS, id, decode_ref)?
+            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))
+    }
+
+    /// The one place a data request (read, write, write-zeroes, discard) resolves its
+    /// volume: `[offset, offset+len)` must lie inside it and, for `Access::Write`, it must
+    /// be writable. Decodes only what the data path needs (the name only for an error).
+    pub(crate) fn resolve(
+        &mut self,
+        id: VolumeId,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<IoVolume> {
         let v = self
             .tm
-            .btree_lookup(self.top_root, DEV_ROOTS, id)?
+            .btree_lookup_with(self.details_root, DETAILS, id, IoVolume::decode)?
             .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
-        Ok(decode_ref(&v))
+        if access == Access::Write && v.read_only {
+            return Err(PoolError::ReadOnlyVolume(self.details(id)?.name));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= v.size => Ok(v),
+            _ => Err(PoolError::OutOfRange {
+                name: self.details(id)?.name,
+                offset,
+                len,
+                size: v.size,
+            }),
+        }
     }
 
     pub(crate) fn set_vol_root(&mut self, id: VolumeId, r: BlockRef) -> Result<Option<Vec<u8>>> {
@@ -237,10 +263,11 @@ impl Pool {
                 let bs = p.block_size();
                 let tail = size % bs;
                 if tail != 0 {
-                    let copies = p.zeroing_copies(id, &d, &[size / bs])?;
+                    let v = IoVolume::from(&d);
+                    let copies = p.zeroing_copies(id, &v, &[size / bs])?;
                     p.ensure_data_room(copies)?;
                     let end = (size - tail + bs).min(d.size);
-                    p.zero_range(id, &d, size, end - size)?;
+                    p.zero_range(id, &v, size, end - size)?;
                 }
                 let first_gone = size.div_ceil(bs);
                 p.unmap_blocks(id, first_gone, u64::MAX)?;
