@@ -456,3 +456,140 @@ fn trimmed_space_returns_to_the_filesystem_on_an_idle_server() {
     good_roundtrip(&mut c, 4);
     srv.stop().unwrap();
 }
+
+/// A data device whose reads, once armed, wait until `want` of them are inside at once
+/// (or 10 s pass: then they fail, and the server replies EIO).
+struct Rendezvous {
+    inner: thinpool::io::MemDev,
+    armed: std::sync::atomic::AtomicBool,
+    want: usize,
+    /// (reads inside now, most inside at once, everyone released)
+    state: std::sync::Mutex<(usize, usize, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl thinpool::io::BlockDev for Rendezvous {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut st = self.state.lock().unwrap();
+            st.0 += 1;
+            st.1 = st.1.max(st.0);
+            if st.0 >= self.want {
+                st.2 = true;
+                self.cv.notify_all();
+            }
+            let (mut st, _) = self
+                .cv
+                .wait_timeout_while(st, std::time::Duration::from_secs(10), |s| !s.2)
+                .unwrap();
+            let released = st.2;
+            st.0 -= 1;
+            if !released {
+                return Err(std::io::Error::other("fewer reads in flight than wanted"));
+            }
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.punch_hole(offset, len)
+    }
+    fn ensure_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.ensure_len(len)
+    }
+}
+
+/// Requests that block on the disk (O_DIRECT, a cold page cache) are all in flight at
+/// once, up to 16 per connection: a client at queue depth 16 whose reads each wait for the
+/// device gets 16 at the device, not one per worker the connection started with (it had
+/// four, and 4k random reads at queue depth 16 through `serve --direct` had four in flight).
+#[test]
+fn reads_that_block_on_the_device_are_all_in_flight_together() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use thinpool::io::{BlockDev, MemDev};
+    use thinpool::pool::{CreateOptions, Pool};
+    const N: usize = 16;
+    const BS: u64 = 64 << 10;
+    let data = Arc::new(Rendezvous {
+        inner: MemDev::new(64 << 20).unwrap(),
+        armed: false.into(),
+        want: N,
+        state: Default::default(),
+        cv: Default::default(),
+    });
+    let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
+    let mut o = CreateOptions::new(32 << 20);
+    o.block_size = BS;
+    let mut p = Pool::create_on(meta, data.clone(), &o).unwrap();
+    let v = p.create_volume("v", N as u64 * BS, false).unwrap();
+    for i in 0..N as u64 {
+        p.write(v, i * BS, &vec![i as u8 + 1; BS as usize]).unwrap();
+    }
+    p.commit().unwrap();
+    let srv = thinpool::fuzzing::NbdServer::new(p, false);
+    data.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // Handshake flags, NBD_OPT_GO, N reads of 4 KiB (one per block), then NBD_CMD_DISC.
+    let mut c = 3u32.to_be_bytes().to_vec();
+    c.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    c.extend_from_slice(&OPT_GO.to_be_bytes());
+    let go = Raw::go_data("v");
+    c.extend_from_slice(&(go.len() as u32).to_be_bytes());
+    c.extend_from_slice(&go);
+    let req = |c: &mut Vec<u8>, kind: u16, handle: u64, off: u64, len: u32| {
+        c.extend_from_slice(&REQ_MAGIC.to_be_bytes());
+        c.extend_from_slice(&0u16.to_be_bytes());
+        c.extend_from_slice(&kind.to_be_bytes());
+        c.extend_from_slice(&handle.to_be_bytes());
+        c.extend_from_slice(&off.to_be_bytes());
+        c.extend_from_slice(&len.to_be_bytes());
+    };
+    for i in 0..N as u64 {
+        req(&mut c, 0, i, i * BS, 4096);
+    }
+    req(&mut c, 2, 99, 0, 0);
+    let out = srv.connection(&c).unwrap();
+
+    let mut r = &out[..];
+    let mut take = |n: usize| {
+        let mut b = vec![0u8; n];
+        r.read_exact(&mut b).unwrap();
+        b
+    };
+    let be32 = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+    take(18); // greeting
+    loop {
+        let h = take(20); // option reply: magic, option, type, length
+        let (ty, len) = (be32(&h[12..16]), be32(&h[16..20]) as usize);
+        take(len);
+        if ty == REP_ACK {
+            break;
+        }
+        assert_eq!(ty, REP_INFO, "NBD_OPT_GO failed: reply type {ty:#x}");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..N {
+        let h = take(16);
+        assert_eq!(be32(&h[..4]), SIMPLE);
+        let handle = u64::from_be_bytes(h[8..16].try_into().unwrap());
+        assert_eq!(be32(&h[4..8]), 0, "read {handle} failed");
+        assert_eq!(take(4096), vec![handle as u8 + 1; 4096], "read {handle}");
+        seen.push(handle);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..N as u64).collect::<Vec<_>>());
+    assert_eq!(
+        data.state.lock().unwrap().1,
+        N,
+        "most reads at the device at once"
+    );
+}

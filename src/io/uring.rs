@@ -16,7 +16,8 @@
 //!   reads zeros, `EAGAIN`/`EINTR` completions are resubmitted, and any other error fails
 //!   the op (the batch returns the first such error once the rest has drained);
 //! - `flush` is one `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (an `fdatasync`);
-//! - a batch of one op through the page cache is a plain pread/pwrite (see `raw_batch`).
+//! - a batch of one op through the page cache, or of one O_DIRECT op while every ring is
+//!   busy, is a plain pread/pwrite (see `raw_batch`).
 //!
 //! If `io_uring_enter` itself fails for a reason other than `EINTR`/`EAGAIN`/`EBUSY` while
 //! requests are in flight (it cannot, short of a kernel bug: the ring and its fd belong to
@@ -155,21 +156,26 @@ impl UringDev {
         self.core.is_direct()
     }
 
-    /// A free ring if there is one, else wait for one. A ring is empty whenever its lock is
-    /// free (even after a panic: the drop guard drained it), so a poisoned lock is taken.
-    fn ring(&self) -> MutexGuard<'_, IoUring> {
+    /// A free ring if there is one. A ring is empty whenever its lock is free (even after a
+    /// panic: the drop guard drained it), so a poisoned lock is taken.
+    fn free_ring(&self) -> Option<MutexGuard<'_, IoUring>> {
         let n = self.rings.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        for k in 0..n {
-            match self.rings[(start + k) % n].try_lock() {
-                Ok(g) => return g,
-                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        self.rings[start]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        (0..n).find_map(|k| match self.rings[(start + k) % n].try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// A free ring if there is one, else wait for one.
+    fn ring(&self) -> MutexGuard<'_, IoUring> {
+        self.free_ring().unwrap_or_else(|| {
+            let start = self.next.load(Ordering::Relaxed) % self.rings.len();
+            self.rings[start]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        })
     }
 
     fn fd(&self) -> RawFd {
@@ -191,13 +197,27 @@ impl RawIo for UringDev {
         // writes through `serve` ran at 46-58k IOPS through the ring and 57-74k without it,
         // while a long request's pieces (one batch, one submission) are faster through it
         // (1M writes qd8: 1,768-1,982 vs 1,356-1,536 IOPS).
-        if let [op] = ops {
-            if !self.core.is_direct() {
-                return super::file::transfer(self.core.file(), false, op).map_err(|e| (0, e));
+        //
+        // One O_DIRECT op when every ring is busy: the same, rather than queue behind the
+        // rings. A blocking pread/pwrite in this thread is as much in flight as one ring
+        // entry, and callers that are threads of their own (the server's workers, up to 16
+        // per connection) would otherwise get no more requests to the disk than there are
+        // rings (4k random reads at queue depth 16 had four in flight).
+        let direct = self.core.is_direct();
+        let ring = match ops {
+            [op] if !direct => {
+                return super::file::transfer(self.core.file(), false, op).map_err(|e| (0, e))
             }
-        }
-        let mut ring = self.ring();
-        submit_all(&mut ring, self.fd(), self.core.is_direct(), ops)
+            [op] => match self.free_ring() {
+                Some(r) => r,
+                None => {
+                    return super::file::transfer(self.core.file(), true, op).map_err(|e| (0, e))
+                }
+            },
+            _ => self.ring(),
+        };
+        let mut ring = ring;
+        submit_all(&mut ring, self.fd(), direct, ops)
     }
 
     fn raw_flush(&self) -> io::Result<()> {

@@ -22,7 +22,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -133,6 +133,8 @@ pub struct Shared {
     pub(super) handler: ControlHandler,
     /// In-flight request bytes of every connection together.
     budget: transmission::Budget,
+    /// Workers connections started beyond their first `WORKERS` (bounded server-wide).
+    pub(super) extra_workers: AtomicUsize,
 }
 
 impl Shared {
@@ -155,6 +157,7 @@ impl Shared {
                 2
             }),
             budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
+            extra_workers: AtomicUsize::new(0),
         }
     }
 
@@ -518,6 +521,7 @@ pub fn run(
         next_conn: AtomicU64::new(0),
         handler,
         budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
+        extra_workers: AtomicUsize::new(0),
     });
     // Request buffers go back to the system when freed, so memory falls when clients go.
     crate::io::sys::return_large_allocations();

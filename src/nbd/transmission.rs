@@ -31,12 +31,18 @@ use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Workers per connection.
+/// Workers a connection starts with.
 const WORKERS: usize = 4;
+/// Most workers of one connection: it starts another whenever a request finds every worker
+/// busy. Requests that block on the disk (O_DIRECT, a cold page cache) need one worker each
+/// to be in flight together: with four, a client at queue depth 16 got four.
+const MAX_WORKERS: usize = 16;
+/// Most such extra workers in the whole server (each is a thread).
+const MAX_EXTRA_WORKERS: usize = 1024;
 /// Request payloads and read buffers in flight per connection.
 const CONN_BUDGET: u64 = 64 << 20;
 /// The same for the whole server (all connections together; docs/nbd.md, "Robustness").
@@ -148,6 +154,11 @@ struct Conn<'a> {
     dead: AtomicBool,
     /// When the connection last received a request or sent a reply (`Shared::now_ms`).
     last: &'a AtomicU64,
+    /// Idle workers less queued requests: a request the reader queues when this is not
+    /// positive would wait for a busy worker, so the reader starts another first. One
+    /// counter, so the check cannot race: workers add one when they finish a job (or
+    /// start), the reader takes one per job it queues.
+    slack: AtomicIsize,
 }
 
 impl Conn<'_> {
@@ -320,29 +331,49 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session, last: &Atomic
         budget: Budget::new(CONN_BUDGET),
         dead: AtomicBool::new(false),
         last,
+        slack: AtomicIsize::new(0),
     };
     // Every worker waits on the channel itself (no lock around the receiver): a request
     // wakes exactly one worker.
-    let (tx, rx) = crossbeam_channel::bounded::<Job>(WORKERS * 2);
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(MAX_WORKERS);
+    let extra = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        let mut workers = 0;
-        for _ in 0..WORKERS {
+        let spawn = || {
             let (conn, rx) = (&conn, rx.clone());
-            let spawned = std::thread::Builder::new()
+            conn.slack.fetch_add(1, Ordering::SeqCst);
+            let ok = std::thread::Builder::new()
                 .name("nbd-worker".into())
-                .spawn_scoped(scope, move || worker(conn, sess, &rx));
-            if spawned.is_ok() {
-                workers += 1;
+                .spawn_scoped(scope, move || worker(conn, sess, &rx))
+                .is_ok();
+            if !ok {
+                conn.slack.fetch_sub(1, Ordering::SeqCst);
             }
-        }
-        drop(rx);
+            ok
+        };
+        let workers = (0..WORKERS).filter(|_| spawn()).count();
         if workers == 0 {
             stream.shutdown(Shutdown::Both);
             return;
         }
-        read_requests(&conn, sess, stream, &tx);
+        // Called by the reader when a request is about to wait for a worker.
+        let mut grow = || {
+            let mine = extra.load(Ordering::Relaxed);
+            if workers + mine >= MAX_WORKERS {
+                return;
+            }
+            let all = &conn.shared.extra_workers;
+            if all.fetch_add(1, Ordering::Relaxed) >= MAX_EXTRA_WORKERS || !spawn() {
+                all.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            extra.store(mine + 1, Ordering::Relaxed);
+        };
+        read_requests(&conn, sess, stream, &tx, &mut grow);
         drop(tx);
     });
+    conn.shared
+        .extra_workers
+        .fetch_sub(extra.into_inner(), Ordering::Relaxed);
     conn.writer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -351,7 +382,13 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session, last: &Atomic
 
 /// The reader: parse requests and hand them to the workers until the client disconnects,
 /// breaks framing, the connection dies, or the server stops.
-fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_channel::Sender<Job>) {
+fn read_requests(
+    conn: &Conn,
+    sess: &Session,
+    stream: Stream,
+    tx: &crossbeam_channel::Sender<Job>,
+    grow: &mut dyn FnMut(),
+) {
     let mut reader = BufReader::with_capacity(128 << 10, stream);
     loop {
         let mut hdr = [0u8; REQUEST_SIZE];
@@ -394,6 +431,10 @@ fn read_requests(conn: &Conn, sess: &Session, stream: Stream, tx: &crossbeam_cha
                 break;
             }
         }
+        if conn.slack.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            // No idle worker is left for this job: start one (up to MAX_WORKERS).
+            grow();
+        }
         if let Err(e) = tx.send(Job { req, payload, cost }) {
             conn.release(e.into_inner().cost);
             break;
@@ -411,6 +452,7 @@ fn worker(conn: &Conn, sess: &Session, rx: &Receiver<Job>) {
         if cost > 0 {
             conn.release(cost);
         }
+        conn.slack.fetch_add(1, Ordering::SeqCst);
     }
 }
 
