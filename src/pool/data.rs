@@ -146,7 +146,40 @@ pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[
         dev.submit_batch(&mut ops)
             .map_err(|e| batch_err("write", e))?;
     }
+    // A long write's new blocks are what the next commit must sync before its record:
+    // start their writeback now, in the writing thread. The commit's sync then finds little
+    // left, and a writer faster than the disk waits here while the device queue is
+    // congested (a sequential fill through `serve` otherwise piled up page cache for the
+    // commit to drain under the gate: max latency 157-198 ms instead of 39). Short writes
+    // do not: one call per 4 KiB block cost a device submission each, half of a first
+    // write's time; they are left to `Pool::note_new_data` and the server's writeback
+    // thread. Advisory: an error here changes nothing.
+    if plan.new_blocks() * bs >= WRITEBACK_RUN {
+        let mut wb = Runs::default();
+        for (i, (_, t)) in plan.targets.iter().enumerate() {
+            if let Target::New { new, .. } = *t {
+                // Whole blocks; the source index only lets adjacent blocks merge.
+                wb.push(new * bs, i * bs as usize, bs as usize);
+            }
+        }
+        for (off, _, len) in wb.0 {
+            let _ = dev.start_writeback(off, len as u64);
+        }
+    }
     Ok(())
+}
+
+/// New data in one write from which its writeback starts at once (see `write_data`).
+const WRITEBACK_RUN: u64 = 256 << 10;
+
+impl WritePlan {
+    /// Blocks the plan allocated (targets not written in place).
+    pub(crate) fn new_blocks(&self) -> u64 {
+        self.targets
+            .iter()
+            .filter(|(_, t)| matches!(t, Target::New { .. }))
+            .count() as u64
+    }
 }
 
 /// Contiguous runs of `(device offset, source range)`, merged where both are contiguous.
