@@ -73,7 +73,12 @@ pub fn init_header(buf: &mut [u8], ty: BlockType, block: MetaBlock, gen: u64, uu
 }
 
 pub fn block_type(buf: &[u8]) -> Option<BlockType> {
-    BlockType::from_u32(get_u32(buf, 4))
+    BlockType::from_u32(raw_type(buf))
+}
+/// The type field as stored (`BlockType as u32` when valid).
+#[inline]
+pub fn raw_type(buf: &[u8]) -> u32 {
+    get_u32(buf, 4)
 }
 pub fn block_number(buf: &[u8]) -> u64 {
     get_u64(buf, 8)

@@ -147,20 +147,57 @@ impl<'a> Node<'a> {
         decode_ref(self.value(i))
     }
     /// Index of the entry with `key`, or where it would be inserted.
+    ///
+    /// Keys are distinct and ascending, so key `i` lies between `first + i` and
+    /// `last - (nr - 1 - i)`: those bounds narrow the search before it starts, to a single
+    /// probe in a dense leaf (a run of consecutive blocks), and one interpolated probe
+    /// narrows it again. A 4 KiB node holds ~250 keys over 32 cache lines; plain bisection
+    /// touched six or seven of them per node, and on the data path that was the largest
+    /// cost of a lookup (issue 9). The answer is bisection's for any sorted node; for a
+    /// damaged (unsorted) one it is some index in range, as bisection's was.
     pub fn search(&self, key: u64) -> std::result::Result<usize, usize> {
-        let (mut lo, mut hi) = (0usize, self.nr());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let k = self.key(mid);
+        let n = self.nr();
+        if n == 0 {
+            return Err(0);
+        }
+        let (first, last) = (self.key(0), self.key(n - 1));
+        if key <= first {
+            return if key == first { Ok(0) } else { Err(0) };
+        }
+        if key >= last {
+            return if key == last { Ok(n - 1) } else { Err(n) };
+        }
+        // first < key < last: the answer p (keys before it are < key) is in [lo, hi].
+        let below = (last - key).min(n as u64) as usize;
+        let mut lo = (n - 1).saturating_sub(below).max(1);
+        let mut hi = ((key - first).min(n as u64) as usize).min(n - 1);
+        if hi.saturating_sub(lo) > 4 && last - first > 0 {
+            let span = (last - first) as u128;
+            let g = ((key - first) as u128 * (n - 1) as u128 / span) as usize;
+            let g = g.clamp(lo, hi);
+            let k = self.key(g);
             if k == key {
-                return Ok(mid);
+                return Ok(g);
             } else if k < key {
+                lo = g + 1;
+            } else {
+                hi = g;
+            }
+        }
+        // Lower bound in [lo, hi]: the first index whose key is >= `key`.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key(mid) < key {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        Err(lo)
+        if lo < n && self.key(lo) == key {
+            Ok(lo)
+        } else {
+            Err(lo)
+        }
     }
     /// For an internal node: the child that covers `key`.
     pub fn child_index(&self, key: u64) -> usize {
@@ -270,40 +307,7 @@ impl Tm {
     /// Read a node through a parent pointer, verifying generation, kind and shape.
     pub fn read_node(&mut self, r: BlockRef, kind: TreeKind) -> Result<Block> {
         let blk = self.bm.read(r.block, BlockType::Node)?;
-        let n = Node(&blk);
-        if block::generation(&blk) != r.gen {
-            return Err(MetaError::corrupt(
-                r.block,
-                format!(
-                    "generation {} differs from the {} its parent recorded (stale or lost write)",
-                    block::generation(&blk),
-                    r.gen
-                ),
-            ));
-        }
-        if n.kind_id() != kind.id {
-            return Err(MetaError::corrupt(
-                r.block,
-                format!(
-                    "node of tree kind {} found where kind {} was expected",
-                    n.kind_id(),
-                    kind.id
-                ),
-            ));
-        }
-        let want_vs = if n.is_leaf() {
-            kind.value_size
-        } else {
-            INTERNAL_VALUE
-        };
-        if n.value_size() != want_vs {
-            return Err(MetaError::corrupt(
-                r.block,
-                "node value size does not match its tree",
-            ));
-        }
-        n.validate_shape()
-            .map_err(|e| MetaError::corrupt(r.block, e))?;
+        check_node(&blk, r, kind)?;
         Ok(blk)
     }
 
@@ -331,8 +335,9 @@ impl Tm {
         loop {
             check_depth(depth, r.block)?;
             depth += 1;
-            let blk = self.read_node(r, kind)?;
-            let n = Node(&blk);
+            let blk = self.bm.read_ref(r.block, BlockType::Node)?;
+            check_node(blk, r, kind)?;
+            let n = Node(blk);
             if n.is_leaf() {
                 return Ok(n.search(key).ok().map(|i| f(n.value(i))));
             }
@@ -374,8 +379,9 @@ impl Tm {
             if !shared && self.meta_count(r.block)? > 1 {
                 shared = true;
             }
-            let blk = self.read_node(r, kind)?;
-            let n = Node(&blk);
+            let blk = self.bm.read_ref(r.block, BlockType::Node)?;
+            check_node(blk, r, kind)?;
+            let n = Node(blk);
             if n.is_leaf() {
                 return Ok(n.search(key).ok().map(|i| (get_u64(n.value(i), 0), shared)));
             }
@@ -745,5 +751,111 @@ impl Tm {
             true
         })?;
         Ok(n)
+    }
+}
+
+/// What `read_node` verifies of a node reached through `r`: generation, kind and shape.
+fn check_node(blk: &[u8], r: BlockRef, kind: TreeKind) -> Result<()> {
+    let n = Node(blk);
+    if block::generation(blk) != r.gen {
+        return Err(MetaError::corrupt(
+            r.block,
+            format!(
+                "generation {} differs from the {} its parent recorded (stale or lost write)",
+                block::generation(blk),
+                r.gen
+            ),
+        ));
+    }
+    if n.kind_id() != kind.id {
+        return Err(MetaError::corrupt(
+            r.block,
+            format!(
+                "node of tree kind {} found where kind {} was expected",
+                n.kind_id(),
+                kind.id
+            ),
+        ));
+    }
+    let want_vs = if n.is_leaf() {
+        kind.value_size
+    } else {
+        INTERNAL_VALUE
+    };
+    if n.value_size() != want_vs {
+        return Err(MetaError::corrupt(
+            r.block,
+            "node value size does not match its tree",
+        ));
+    }
+    n.validate_shape()
+        .map_err(|e| MetaError::corrupt(r.block, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node_with(keys: &[u64]) -> Vec<u8> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        buf[44..48].copy_from_slice(&(keys.len() as u32).to_le_bytes());
+        for (i, k) in keys.iter().enumerate() {
+            let o = HEADER_SIZE + i * 8;
+            buf[o..o + 8].copy_from_slice(&k.to_le_bytes());
+        }
+        buf
+    }
+
+    #[test]
+    fn search_finds_keys_around_a_gap() {
+        // Shrunk from a proptest failure of an earlier draft of `search`.
+        let keys = [0u64, 1, 6, 7, 8, 9, 13];
+        let buf = node_with(&keys);
+        for p in 0..16 {
+            assert_eq!(Node(&buf).search(p), keys.binary_search(&p), "key {p}");
+        }
+    }
+
+    proptest! {
+        // Cases are generated afresh each run; no regressions file is written
+        // (the repository's top level is fixed).
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn search_agrees_with_bisection(
+            mut keys in proptest::collection::btree_set(0u64..5000, 0..250)
+                .prop_map(|s| s.into_iter().collect::<Vec<_>>()),
+            probe in 0u64..5100,
+            dense_from in proptest::option::of(0u64..u64::MAX / 2),
+        ) {
+            if let Some(start) = dense_from {
+                // A run of consecutive blocks, as a sequentially written leaf holds.
+                let n = keys.len() as u64;
+                keys = (start..start + n).collect();
+            }
+            let buf = node_with(&keys);
+            let n = Node(&buf);
+            let probes = [probe, keys.first().copied().unwrap_or(0) + probe % 300, 0, u64::MAX];
+            for p in probes {
+                prop_assert_eq!(n.search(p), keys.binary_search(&p), "key {}", p);
+            }
+            for &k in &keys {
+                prop_assert_eq!(n.search(k), keys.binary_search(&k));
+            }
+        }
+
+        #[test]
+        fn search_of_an_unsorted_node_stays_in_range(
+            keys in proptest::collection::vec(any::<u64>(), 1..250),
+            probe in any::<u64>(),
+        ) {
+            let buf = node_with(&keys);
+            match Node(&buf).search(probe) {
+                Ok(i) => prop_assert!(i < keys.len()),
+                Err(i) => prop_assert!(i <= keys.len()),
+            }
+        }
     }
 }

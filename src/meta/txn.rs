@@ -107,6 +107,21 @@ pub struct Tm {
     pub broken_commit_order: bool,
 }
 
+/// A bitmap page must carry the generation its index entry recorded.
+fn check_page(blk: &[u8], r: BlockRef) -> Result<()> {
+    if block::generation(blk) != r.gen {
+        return Err(MetaError::corrupt(
+            r.block,
+            format!(
+                "bitmap generation {} differs from the {} its index recorded",
+                block::generation(blk),
+                r.gen
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn sm_tag(k: SmKind) -> u8 {
     match k {
         SmKind::Meta => 0,
@@ -171,16 +186,15 @@ impl Tm {
 
     fn read_page(&mut self, r: BlockRef) -> Result<super::cache::Block> {
         let blk = self.bm.read(r.block, BlockType::Bitmap)?;
-        if block::generation(&blk) != r.gen {
-            return Err(MetaError::corrupt(
-                r.block,
-                format!(
-                    "bitmap generation {} differs from the {} its index recorded",
-                    block::generation(&blk),
-                    r.gen
-                ),
-            ));
-        }
+        check_page(&blk, r)?;
+        Ok(blk)
+    }
+
+    /// `read_page` without taking a reference to the cached block (the count lookups on the
+    /// data path only read one entry).
+    fn read_page_ref(&mut self, r: BlockRef) -> Result<&[u8]> {
+        let blk = self.bm.read_ref(r.block, BlockType::Bitmap)?;
+        check_page(blk, r)?;
         Ok(blk)
     }
 
@@ -199,8 +213,8 @@ impl Tm {
             ));
         }
         let pr = self.page_ref(k, b / ENTRIES_PER_PAGE)?;
-        let page = self.read_page(pr)?;
-        let v = spacemap::page_get(&page, (b % ENTRIES_PER_PAGE) as usize);
+        let page = self.read_page_ref(pr)?;
+        let v = spacemap::page_get(page, (b % ENTRIES_PER_PAGE) as usize);
         if v < 3 {
             return Ok(v as u64);
         }

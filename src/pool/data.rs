@@ -234,8 +234,25 @@ impl Pool {
 
     /// Read `buf.len()` bytes of volume `id` from byte `offset`.
     pub fn read(&mut self, id: VolumeId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = self.block_size();
+        if !buf.is_empty() && offset / bs == (offset + buf.len() as u64 - 1) / bs {
+            // Inside one block (most small reads): one lookup and one read, nothing allocated.
+            self.resolve(id, offset, buf.len() as u64, Access::Read)?;
+            return match self.map_one(id, offset / bs)? {
+                None => {
+                    buf.fill(0);
+                    Ok(())
+                }
+                Some(pb) => {
+                    let off = pb * bs + offset % bs;
+                    self.data
+                        .read_at(buf, off)
+                        .map_err(Self::data_err("read", off))
+                }
+            };
+        }
         let maps = self.plan_read(id, offset, buf.len() as u64)?;
-        read_data(self.data.as_ref(), self.block_size(), offset, buf, &maps)
+        read_data(self.data.as_ref(), bs, offset, buf, &maps)
     }
 
     /// The mappings a read of `[offset, offset+len)` needs (bounds checked).
@@ -252,16 +269,23 @@ impl Pool {
         let bs = self.block_size();
         let (first, last) = (offset / bs, (offset + len - 1) / bs);
         if first == last {
-            // One block (most small reads): a lookup, not a range walk.
-            let root = self.vol_root(id)?;
-            let pb = self.tm.btree_lookup_with(root, MAPPING, first, |v| {
-                unpack_mapping(u64::from_le_bytes(v.try_into().unwrap()))
-                    .0
-                     .0
-            })?;
-            return Ok(pb.map(|pb| vec![(first, pb)]).unwrap_or_default());
+            // One block: a lookup, not a range walk.
+            return Ok(self
+                .map_one(id, first)?
+                .map(|pb| vec![(first, pb)])
+                .unwrap_or_default());
         }
         self.mappings(id, first, last + 1, usize::MAX)
+    }
+
+    /// The data block virtual block `vb` of volume `id` maps to, if any.
+    fn map_one(&mut self, id: VolumeId, vb: u64) -> Result<Option<u64>> {
+        let root = self.vol_root(id)?;
+        Ok(self.tm.btree_lookup_with(root, MAPPING, vb, |v| {
+            unpack_mapping(u64::from_le_bytes(v.try_into().unwrap()))
+                .0
+                 .0
+        })?)
     }
 
     /// Write `data` to volume `id` at byte `offset`. Durable at the next commit.

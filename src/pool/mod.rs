@@ -29,7 +29,7 @@ use crate::meta::journal::BlockRef;
 use crate::meta::label::{Label, FORMAT_VERSION};
 use crate::meta::txn::{OpenReport, Tm};
 use crate::meta::{MetaError, BLOCK_SIZE};
-use details::DETAILS;
+use details::{IoVolume, DETAILS};
 use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -143,8 +143,14 @@ pub struct Pool {
     pub(crate) data: Arc<dyn BlockDev>,
     _lock: Option<File>,
     block_size: u64,
+    /// The two top-level trees' roots. Assigned only through `set_details_root` and
+    /// `set_top_root`, which clear the data path's memo of them.
     pub(crate) details_root: BlockRef,
     pub(crate) top_root: BlockRef,
+    /// The data path's last lookups in those trees: a volume's `IoVolume` and its mapping
+    /// root, reused while neither tree changes (a write in place changes neither).
+    memo_vol: Option<(VolumeId, IoVolume)>,
+    memo_root: Option<(VolumeId, BlockRef)>,
     pub(crate) next_id: u64,
     pub(crate) time: u64,
     data_dirty: bool,
@@ -353,6 +359,8 @@ impl Pool {
             punch_last_frees: false,
             shared: false,
             unkicked: 0,
+            memo_vol: None,
+            memo_root: None,
         };
         pool.commit()?;
         // The files exist for good only once the directory entry is durable.
@@ -423,6 +431,8 @@ impl Pool {
             punch_last_frees: !opts.read_only,
             shared: false,
             unkicked: 0,
+            memo_vol: None,
+            memo_root: None,
         };
         pool.record_rewind()?;
         Ok(pool)
@@ -476,6 +486,8 @@ impl Pool {
             punch_last_frees: false,
             shared: false,
             unkicked: 0,
+            memo_vol: None,
+            memo_root: None,
         };
         pool.commit()?;
         Ok(pool)
@@ -508,6 +520,8 @@ impl Pool {
             punch_last_frees: !opts.read_only,
             shared: false,
             unkicked: 0,
+            memo_vol: None,
+            memo_root: None,
         };
         pool.record_rewind()?;
         Ok(pool)
@@ -633,8 +647,8 @@ impl Pool {
     pub(crate) fn abort(&mut self) {
         self.tm.abort();
         let ([d, t], [n, time]) = self.tm.user_state();
-        self.details_root = d;
-        self.top_root = t;
+        self.set_details_root(d);
+        self.set_top_root(t);
         self.next_id = n;
         self.time = time;
     }

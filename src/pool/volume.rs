@@ -66,14 +66,35 @@ impl Pool {
     pub(crate) fn put_details(&mut self, id: VolumeId, d: &Details) -> Result<()> {
         let mut root = self.details_root;
         self.tm.btree_insert(&mut root, DETAILS, id, &d.encode())?;
-        self.details_root = root;
+        self.set_details_root(root);
         Ok(())
     }
 
     pub(crate) fn vol_root(&mut self, id: VolumeId) -> Result<BlockRef> {
-        self.tm
+        if let Some((mid, r)) = self.memo_root {
+            if mid == id {
+                return Ok(r);
+            }
+        }
+        let r = self
+            .tm
             .btree_lookup_with(self.top_root, DEV_ROOTS, id, decode_ref)?
-            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))
+            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
+        self.memo_root = Some((id, r));
+        Ok(r)
+    }
+
+    /// Every change of the details tree's root goes through here (see `memo_vol`).
+    pub(crate) fn set_details_root(&mut self, r: BlockRef) {
+        self.details_root = r;
+        self.memo_vol = None;
+    }
+
+    /// Every change of the top-level tree's root goes through here (see `memo_root`). A
+    /// mapping tree changed in place keeps its root, so the memo stays true for it.
+    pub(crate) fn set_top_root(&mut self, r: BlockRef) {
+        self.top_root = r;
+        self.memo_root = None;
     }
 
     /// The one place a data request (read, write, write-zeroes, discard) resolves its
@@ -86,10 +107,17 @@ impl Pool {
         len: u64,
         access: Access,
     ) -> Result<IoVolume> {
-        let v = self
-            .tm
-            .btree_lookup_with(self.details_root, DETAILS, id, IoVolume::decode)?
-            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
+        let v = match self.memo_vol {
+            Some((mid, v)) if mid == id => v,
+            _ => {
+                let v = self
+                    .tm
+                    .btree_lookup_with(self.details_root, DETAILS, id, IoVolume::decode)?
+                    .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
+                self.memo_vol = Some((id, v));
+                v
+            }
+        };
         if access == Access::Write && v.read_only {
             return Err(PoolError::ReadOnlyVolume(self.details(id)?.name));
         }
@@ -109,7 +137,7 @@ impl Pool {
         let old = self
             .tm
             .btree_insert(&mut top, DEV_ROOTS, id, &encode_ref(r))?;
-        self.top_root = top;
+        self.set_top_root(top);
         Ok(old)
     }
 
@@ -207,13 +235,13 @@ impl Pool {
             let (id, _) = p.find(name)?;
             let mut top = p.top_root;
             let old = p.tm.btree_remove(&mut top, DEV_ROOTS, id)?;
-            p.top_root = top;
+            p.set_top_root(top);
             if let Some(v) = old {
                 p.tm.dec_value(DEV_ROOTS, &v)?;
             }
             let mut droot = p.details_root;
             p.tm.btree_remove(&mut droot, DETAILS, id)?;
-            p.details_root = droot;
+            p.set_details_root(droot);
             // Snapshots of the removed volume become independent volumes.
             for (cid, mut cd) in p.volumes()? {
                 if cd.origin == id {
@@ -438,5 +466,59 @@ mod tests {
         p.remove_volume("c\u{202e}d").unwrap();
         let names: Vec<String> = p.list().unwrap().into_iter().map(|v| v.name).collect();
         assert_eq!(names, ["fixed"]);
+    }
+
+    /// The data path's memo of a volume's details and root (`resolve`, `vol_root`) follows
+    /// every change of them made between two I/Os on the same volume: a snapshot (the
+    /// origin's snapshot time: without it the next write would land in place, inside the
+    /// snapshot), read-only, resize, rollback, removal and an aborted transaction.
+    #[test]
+    fn data_path_memo_follows_volume_changes() {
+        let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
+        let data: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
+        let mut o = CreateOptions::new(16 << 20);
+        o.block_size = 4096;
+        let mut p = Pool::create_on(meta, data, &o).unwrap();
+        let v = p.create_volume("v", 1 << 20, false).unwrap();
+        let mut buf = [0u8; 4096];
+        p.write(v, 0, &[1u8; 4096]).unwrap();
+        p.read(v, 0, &mut buf).unwrap();
+        let s = p.snapshot("v", "s", false).unwrap();
+        p.write(v, 0, &[2u8; 4096]).unwrap();
+        p.read(s, 0, &mut buf).unwrap();
+        assert_eq!(buf, [1u8; 4096], "the snapshot kept its data");
+        p.read(v, 0, &mut buf).unwrap();
+        assert_eq!(buf, [2u8; 4096]);
+
+        p.set_read_only("v", true).unwrap();
+        assert!(matches!(
+            p.write(v, 0, &[3u8; 4096]),
+            Err(PoolError::ReadOnlyVolume(_))
+        ));
+        p.set_read_only("v", false).unwrap();
+        p.write(v, 0, &[3u8; 4096]).unwrap();
+
+        assert!(p.read(v, 1 << 20, &mut buf).is_err());
+        p.resize("v", 2 << 20).unwrap();
+        p.read(v, 1 << 20, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096]);
+
+        p.rollback("v", "s").unwrap();
+        p.read(v, 0, &mut buf).unwrap();
+        assert_eq!(buf, [1u8; 4096], "rollback gave v the snapshot's blocks");
+
+        p.remove_volume("s").unwrap();
+        assert!(matches!(
+            p.read(s, 0, &mut buf),
+            Err(PoolError::NoSuchVolume(_))
+        ));
+
+        p.commit().unwrap();
+        p.write(v, 8192, &[4u8; 4096]).unwrap();
+        p.read(v, 8192, &mut buf).unwrap();
+        assert_eq!(buf, [4u8; 4096]);
+        p.abort();
+        p.read(v, 8192, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096], "an aborted write is gone");
     }
 }
