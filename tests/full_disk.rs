@@ -138,6 +138,18 @@ fn a_full_filesystem_fails_the_write_and_keeps_what_came_before() {
 /// flushed, survives the server's stop.
 #[test]
 fn a_full_filesystem_under_a_served_pool() {
+    full_under_serve(&[]);
+}
+
+/// The same with O_DIRECT, where the data file is allocated a chunk at a time ahead of the
+/// writes (src/pool/extents.rs): an allocation the filesystem cannot make changes nothing
+/// either.
+#[test]
+fn a_full_filesystem_under_a_direct_served_pool() {
+    full_under_serve(&["--direct"]);
+}
+
+fn full_under_serve(flags: &[&str]) {
     if !common::tools::have_tools(&["qemu-io"]) {
         return;
     }
@@ -147,6 +159,7 @@ fn a_full_filesystem_under_a_served_pool() {
     let mut server = KillOnDrop(
         Command::new(BIN)
             .args(["serve", s(&pool)])
+            .args(flags)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -128,3 +128,59 @@ fn partial_write_into_a_block_with_stale_bytes_zero_fills_it() {
         );
     }
 }
+
+/// Bytes the filesystem stores for `path` (its allocated blocks, not its length).
+fn stored_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// With O_DIRECT, the first new block in a 4 MiB chunk of the data file allocates the whole
+/// chunk (unwritten extents: direct writes into a hole serialize on the file, see
+/// src/pool/extents.rs). The rest of the chunk still reads as zeros, a partial first write
+/// into another block of it still leaves zeros around its bytes, and the file keeps its
+/// length. Through the page cache nothing is allocated ahead.
+#[test]
+fn direct_first_writes_allocate_their_chunk_ahead() {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let t = tempfile::tempdir_in(base).unwrap();
+    for direct in [true, false] {
+        let dir = t.path().join(format!("pool-{direct}"));
+        let mut o = CreateOptions::new(64 << 20);
+        o.block_size = 64 << 10;
+        drop(Pool::create(&dir, &o).unwrap());
+        let opts = OpenOptions {
+            direct,
+            ..OpenOptions::default()
+        };
+        let mut p = Pool::open(&dir, &opts).unwrap();
+        let v = p.create_volume("v", 32 << 20, false).unwrap();
+        let data = dir.join("data");
+        let before = stored_bytes(&data);
+        p.write(v, 0, &[7u8; 4096]).unwrap();
+        p.write(v, 5 * (64 << 10) + 8192, &[9u8; 4096]).unwrap();
+        p.commit().unwrap();
+        let grew = stored_bytes(&data) - before;
+        if direct {
+            assert!(
+                grew >= 4 << 20,
+                "direct: {grew} bytes allocated, want the chunk"
+            );
+        } else {
+            assert!(grew < 1 << 20, "page cache: {grew} bytes allocated ahead");
+        }
+        assert_eq!(std::fs::metadata(&data).unwrap().len(), 64 << 20);
+        let mut blk = vec![1u8; 64 << 10];
+        p.read(v, 5 * (64 << 10), &mut blk).unwrap();
+        assert!(blk[..8192].iter().all(|&b| b == 0));
+        assert!(blk[8192..12288].iter().all(|&b| b == 9));
+        assert!(blk[12288..].iter().all(|&b| b == 0));
+        p.read(v, 64 << 10, &mut blk).unwrap();
+        assert!(
+            blk.iter().all(|&b| b == 0),
+            "an unwritten block reads zeros"
+        );
+        p.read(v, 0, &mut blk).unwrap();
+        assert!(blk[..4096].iter().all(|&b| b == 7) && blk[4096..].iter().all(|&b| b == 0));
+    }
+}

@@ -190,6 +190,25 @@ impl FileCore {
         Ok(())
     }
 
+    /// See `BlockDev::allocate`: `fallocate(FALLOC_FL_KEEP_SIZE)`, for O_DIRECT files only
+    /// (buffered writes allocate at writeback, off the request path).
+    pub(crate) fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 || self.is_block_device || !self.is_direct() {
+            return Ok(());
+        }
+        let (off, n) = match (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+            (Ok(o), Ok(n)) => (o, n),
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        // SAFETY: fallocate only operates on the fd owned by `self.file`; no memory is passed.
+        let rc =
+            unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, n) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// See `BlockDev::start_writeback`: `sync_file_range(SYNC_FILE_RANGE_WRITE)`.
     pub(crate) fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 || self.is_direct() {

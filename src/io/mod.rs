@@ -69,6 +69,14 @@ pub trait BlockDev: Send + Sync {
     fn is_hole(&self, _offset: u64, _len: u64) -> io::Result<bool> {
         Ok(false)
     }
+    /// Give `[offset, offset+len)` real storage that still reads as zeros (`fallocate`
+    /// without zeroing: unwritten extents) where later writes into it gain from it: an
+    /// O_DIRECT file, whose direct writes into a hole serialize on the file (see
+    /// `pool/extents.rs`). Never changes the length or any byte read. Advisory: the
+    /// default, and every device that gains nothing, does nothing.
+    fn allocate(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Start writing back `[offset, offset+len)` to stable storage without waiting for it
     /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the next `flush` finds little left to
     /// do. Advisory: durability still comes only from `flush`.

@@ -386,6 +386,8 @@ impl Pool {
             }
             return Err(MetaError::NoMetadataSpace.into());
         }
+        self.extents
+            .before_write(self.data.as_ref(), self.block_size, &fresh);
         let mut fi = fresh.iter();
         for (_, t) in targets.iter_mut() {
             if let Target::New { new, .. } = t {
@@ -408,8 +410,8 @@ impl Pool {
                 // The allocator handed this block out free in the current transaction and
                 // in both protected records, so nothing maps it: give back at once whatever
                 // the failed write put there (after a full filesystem, that space is what
-                // the next write needs). Punching only reclaims space; a failure is harmless.
-                let _ = self.data.punch_hole(new * self.block_size, self.block_size);
+                // the next write needs).
+                self.punch_block(*new);
             }
         }
         Ok(())

@@ -12,6 +12,7 @@
 mod data;
 pub mod details;
 mod error;
+mod extents;
 mod shared;
 mod sync;
 mod volume;
@@ -151,6 +152,8 @@ pub struct Pool {
     /// root, reused while neither tree changes (a write in place changes neither).
     memo_vol: Option<(VolumeId, IoVolume)>,
     memo_root: Option<(VolumeId, BlockRef)>,
+    /// Chunks of the data file allocated ahead of the writes into them.
+    extents: extents::Extents,
     pub(crate) next_id: u64,
     pub(crate) time: u64,
     data_dirty: bool,
@@ -361,6 +364,7 @@ impl Pool {
             unkicked: 0,
             memo_vol: None,
             memo_root: None,
+            extents: extents::Extents::default(),
         };
         pool.commit()?;
         // The files exist for good only once the directory entry is durable.
@@ -433,6 +437,7 @@ impl Pool {
             unkicked: 0,
             memo_vol: None,
             memo_root: None,
+            extents: extents::Extents::default(),
         };
         pool.record_rewind()?;
         Ok(pool)
@@ -488,6 +493,7 @@ impl Pool {
             unkicked: 0,
             memo_vol: None,
             memo_root: None,
+            extents: extents::Extents::default(),
         };
         pool.commit()?;
         Ok(pool)
@@ -522,6 +528,7 @@ impl Pool {
             unkicked: 0,
             memo_vol: None,
             memo_root: None,
+            extents: extents::Extents::default(),
         };
         pool.record_rewind()?;
         Ok(pool)
@@ -636,11 +643,17 @@ impl Pool {
         leaving.extend(last_frees);
         for b in leaving {
             if self.tm.data_count(crate::meta::DataBlock(b))? == 0 {
-                // Punching only reclaims file space; a failure leaves correct data behind.
-                let _ = self.data.punch_hole(b * self.block_size, self.block_size);
+                self.punch_block(b);
             }
         }
         Ok(())
+    }
+
+    /// Give back the file space of data block `b`, which nothing maps. Punching only
+    /// reclaims space; a failure leaves correct data behind.
+    pub(crate) fn punch_block(&mut self, b: u64) {
+        let _ = self.data.punch_hole(b * self.block_size, self.block_size);
+        self.extents.punched(self.block_size, b);
     }
 
     /// Abort the transaction in progress after a failed operation: back to the last commit.
