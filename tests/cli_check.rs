@@ -137,6 +137,46 @@ fn crashtest_runs_and_a_broken_commit_order_is_replayable() {
     thinpool(&["crashtest", "--faults", "drop,melt"]).fails(1, "unknown fault");
 }
 
+/// Without `--replay-out`, a violation's replay file is a new file in $TMPDIR: nothing is
+/// written into the working directory, an existing file of that name is never overwritten,
+/// and `--json` names the file.
+#[test]
+fn crashtest_replay_goes_to_a_new_file_in_tmpdir() {
+    let cwd = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(common::BIN)
+            .args([
+                "crashtest",
+                "--ops",
+                "200",
+                "--broken-commit-order",
+                "--json",
+            ])
+            .current_dir(cwd.path())
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap()
+    };
+    let replay_of = |o: &std::process::Output| -> std::path::PathBuf {
+        assert_eq!(o.status.code(), Some(1));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        j["replay_file"].as_str().expect("replay_file").into()
+    };
+    let first = replay_of(&run());
+    assert_eq!(first.parent(), Some(tmp.path()));
+    let kept = std::fs::read(&first).unwrap();
+    let second = replay_of(&run());
+    assert_ne!(first, second);
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        kept,
+        "an existing file was rewritten"
+    );
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    thinpool(&["crashtest", "--replay", second.to_str().unwrap()]).fails(1, "violation");
+}
+
 #[test]
 fn kill_mode_survives_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

@@ -132,9 +132,10 @@ pub struct CrashtestArgs {
     /// Re-run exactly the state a replay file records
     #[arg(long)]
     pub replay: Option<PathBuf>,
-    /// Where to write the replay file of a violation
-    #[arg(long, default_value = "thinpool-crash-replay.json")]
-    pub replay_out: PathBuf,
+    /// Where to write the replay file of a violation (default: a new file
+    /// thinpool-crash-replay-*.json in $TMPDIR, never one that exists)
+    #[arg(long, value_name = "FILE")]
+    pub replay_out: Option<PathBuf>,
     /// Kill mode: run the real binary on a real pool in DIR and SIGKILL it
     #[arg(long, value_name = "DIR")]
     pub kill: Option<PathBuf>,
@@ -224,13 +225,11 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
     let violation = reports
         .iter()
         .find_map(|(c, r)| r.violations.first().map(|v| (c.clone(), v.clone())));
+    let mut replay_file = None;
     if let Some((cfg, v)) = &violation {
         if a.replay.is_none() {
-            std::fs::write(
-                &a.replay_out,
-                serde_json::to_string_pretty(&cfg.replay_json(v))?,
-            )
-            .with_context(|| format!("writing {}", a.replay_out.display()))?;
+            let text = serde_json::to_string_pretty(&cfg.replay_json(v))?;
+            replay_file = Some(write_replay(a.replay_out.as_deref(), cfg.seed, &text)?);
         }
     }
     if a.json {
@@ -266,6 +265,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                 "write_states": between,
                 "second_crash_states": second,
                 "runs": runs,
+                "replay_file": replay_file.as_ref().map(|p| p.display().to_string()),
             }),
         )?;
     } else {
@@ -275,13 +275,12 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     if let Some((_, v)) = violation {
-        let replay = if a.replay.is_some() {
-            String::new()
-        } else {
-            format!(
+        let replay = match &replay_file {
+            None => String::new(),
+            Some(p) => format!(
                 "\nreproduce with `thinpool crashtest --replay {}`",
-                a.replay_out.display()
-            )
+                p.display()
+            ),
         };
         bail!("violation ({v}): {}{replay}", v.message);
     }
@@ -325,4 +324,39 @@ fn kill_mode(a: &CrashtestArgs, dir: PathBuf, out: &mut dyn Write) -> Result<()>
         bail!("violation in kill mode (seed {}): {v}", a.seed);
     }
     Ok(())
+}
+
+/// Write a violation's replay file: to `out` when given (the user named it), else to a new
+/// file in the temporary directory. A file that exists there is never overwritten.
+fn write_replay(out: Option<&std::path::Path>, seed: u64, text: &str) -> Result<PathBuf> {
+    if let Some(p) = out {
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+        return Ok(p.to_path_buf());
+    }
+    let dir = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let p = dir.join(format!(
+            "thinpool-crash-replay-{}-{seed}{}.json",
+            std::process::id(),
+            if n == 0 {
+                String::new()
+            } else {
+                format!("-{n}")
+            }
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(mut f) => {
+                f.write_all(text.as_bytes())
+                    .with_context(|| format!("writing {}", p.display()))?;
+                return Ok(p);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+        }
+    }
+    bail!("no free replay file name in {}", dir.display())
 }
