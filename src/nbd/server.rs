@@ -2,10 +2,10 @@
 //! thread per connection, the commit timer and the shutdown sequence.
 //!
 //! Invariants:
-//! - The pool sits behind one mutex. Every request and every control command takes it for
-//!   its whole duration, so a control command runs between requests and sees every write
-//!   completed before it (a snapshot taken through the control socket contains them).
-//!   Known limitation: data I/O holds this lock too, so requests do not run in parallel.
+//! - The pool is a [`SharedPool`] (src/pool/shared.rs): requests run in parallel, data I/O
+//!   outside the metadata lock; a control command takes the gate exclusively, so it runs
+//!   once the requests in flight have drained and sees every write completed before it (a
+//!   snapshot taken through the control socket contains them).
 //! - A FLUSH or FUA reply is sent only after `Pool::commit` returned Ok. Other writes are
 //!   committed by the timer every `commit_interval` (like dm-thin's periodic commit).
 //! - Shutdown (SIGINT/SIGTERM, or the caller's stop flag): stop accepting, stop reading new
