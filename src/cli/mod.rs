@@ -371,7 +371,7 @@ fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
 /// Run `argv` (program name first) on a pool that is already open: the control handler of
 /// `thinpool serve`. `attached` counts the NBD connections that have a volume attached; a
 /// command that would remove or roll back an attached volume is refused (see
-/// [`Command::guarded_volumes`]). Output goes to `out`, messages to `err`; returns the exit
+/// `Command::guarded_volumes`). Output goes to `out`, messages to `err`; returns the exit
 /// code.
 pub fn run_in_pool(
     pool: &mut Pool,
