@@ -311,6 +311,13 @@ impl Tm {
         Ok(blk)
     }
 
+    /// `read_node` borrowing the cached block (lookups visit nodes and keep none).
+    fn node_ref(&mut self, r: BlockRef, kind: TreeKind) -> Result<&[u8]> {
+        let blk = self.bm.read_ref(r.block, BlockType::Node)?;
+        check_node(blk, r, kind)?;
+        Ok(blk)
+    }
+
     /// Look up `key`; returns a copy of its value.
     pub fn btree_lookup(
         &mut self,
@@ -335,9 +342,7 @@ impl Tm {
         loop {
             check_depth(depth, r.block)?;
             depth += 1;
-            let blk = self.bm.read_ref(r.block, BlockType::Node)?;
-            check_node(blk, r, kind)?;
-            let n = Node(blk);
+            let n = Node(self.node_ref(r, kind)?);
             if n.is_leaf() {
                 return Ok(n.search(key).ok().map(|i| f(n.value(i))));
             }
@@ -379,9 +384,7 @@ impl Tm {
             if !shared && self.meta_count(r.block)? > 1 {
                 shared = true;
             }
-            let blk = self.bm.read_ref(r.block, BlockType::Node)?;
-            check_node(blk, r, kind)?;
-            let n = Node(blk);
+            let n = Node(self.node_ref(r, kind)?);
             if n.is_leaf() {
                 return Ok(n.search(key).ok().map(|i| (get_u64(n.value(i), 0), shared)));
             }

@@ -84,15 +84,7 @@ impl BlockManager {
         if let Some(blk) = self.cache.get(b.0) {
             self.stats.hits += 1;
             let blk = blk.clone();
-            if block::block_type(&blk) != Some(expect) {
-                return Err(MetaError::Corrupt {
-                    block: b,
-                    reason: format!(
-                        "expected a {expect:?} block, found {:?}",
-                        block::block_type(&blk)
-                    ),
-                });
-            }
+            check_type(b, &blk, expect)?;
             return Ok(blk);
         }
         self.check_range(b)?;
@@ -122,15 +114,7 @@ impl BlockManager {
             }
         };
         let blk = self.cache.at(i);
-        if block::raw_type(blk) != expect as u32 {
-            return Err(MetaError::Corrupt {
-                block: b,
-                reason: format!(
-                    "expected a {expect:?} block, found {:?}",
-                    block::block_type(blk)
-                ),
-            });
-        }
+        check_type(b, blk, expect)?;
         Ok(blk)
     }
 
@@ -242,6 +226,20 @@ impl BlockManager {
     }
 }
 
+/// A cached block must still be of the type its reader expects.
+fn check_type(b: MetaBlock, blk: &[u8], expect: BlockType) -> Result<(), MetaError> {
+    if block::raw_type(blk) != expect as u32 {
+        return Err(MetaError::Corrupt {
+            block: b,
+            reason: format!(
+                "expected a {expect:?} block, found {:?}",
+                block::block_type(blk)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One resident block and its reference bit.
 struct Slot {
     key: u64,
@@ -268,10 +266,8 @@ impl Clock {
     /// A resident block, marked as used.
     #[inline]
     fn get(&mut self, key: u64) -> Option<&Block> {
-        let i = *self.index.get(&key)?;
-        let s = self.slots[i].as_mut().expect("indexed slot is occupied");
-        s.referenced = true;
-        Some(&s.blk)
+        let i = self.slot_of(key)?;
+        Some(self.at(i))
     }
 
     /// The slot of a resident block.

@@ -443,15 +443,20 @@ mod tests {
     use crate::pool::{CreateOptions, Pool, PoolError};
     use std::sync::Arc;
 
-    /// A name that an older version let in (here written straight into the details) still
-    /// resolves, and `rename` can replace it; only new names are checked.
-    #[test]
-    fn legacy_bad_names_can_be_renamed_and_removed() {
+    /// A 16 MiB pool of 4 KiB blocks in memory.
+    fn mem_pool() -> Pool {
         let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
         let data: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
         let mut o = CreateOptions::new(16 << 20);
         o.block_size = 4096;
-        let mut p = Pool::create_on(meta, data, &o).unwrap();
+        Pool::create_on(meta, data, &o).unwrap()
+    }
+
+    /// A name that an older version let in (here written straight into the details) still
+    /// resolves, and `rename` can replace it; only new names are checked.
+    #[test]
+    fn legacy_bad_names_can_be_renamed_and_removed() {
+        let mut p = mem_pool();
         for (name, legacy) in [("a", "a\nb"), ("c", "c\u{202e}d")] {
             let id = p.create_volume(name, 1 << 20, false).unwrap();
             let mut d = p.details(id).unwrap();
@@ -474,11 +479,7 @@ mod tests {
     /// snapshot), read-only, resize, rollback, removal and an aborted transaction.
     #[test]
     fn data_path_memo_follows_volume_changes() {
-        let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
-        let data: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
-        let mut o = CreateOptions::new(16 << 20);
-        o.block_size = 4096;
-        let mut p = Pool::create_on(meta, data, &o).unwrap();
+        let mut p = mem_pool();
         let v = p.create_volume("v", 1 << 20, false).unwrap();
         let mut buf = [0u8; 4096];
         p.write(v, 0, &[1u8; 4096]).unwrap();
