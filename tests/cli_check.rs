@@ -175,6 +175,17 @@ fn crashtest_replay_goes_to_a_new_file_in_tmpdir() {
     );
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
     thinpool(&["crashtest", "--replay", second.to_str().unwrap()]).fails(1, "violation");
+    // A replay file that cannot be written is an error naming it, not a panic.
+    let nowhere = cwd.path().join("missing-dir/replay.json");
+    thinpool(&[
+        "crashtest",
+        "--ops",
+        "200",
+        "--broken-commit-order",
+        "--replay-out",
+        nowhere.to_str().unwrap(),
+    ])
+    .fails(1, "missing-dir/replay.json");
 }
 
 #[test]
