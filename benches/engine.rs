@@ -21,9 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thinpool::io::{BlockDev, FileDev, MemDev};
-use thinpool::meta::btree::MAPPING;
+use thinpool::meta::btree::Btree;
 use thinpool::meta::label::{Label, FORMAT_VERSION};
 use thinpool::meta::txn::Tm;
+use thinpool::pool::trees::MAPPING;
 use thinpool::pool::{CreateOptions, Pool, VolumeId};
 
 const BS: u64 = 4096;

@@ -216,9 +216,11 @@ mod regressions {
     use super::fuzz_harness::{read_block, reseal, OverlayDev};
     use std::sync::Arc;
     use thinpool::meta::block::{self, HEADER_SIZE};
-    use thinpool::meta::btree::{encode_ref, Node, MAPPING};
+    use thinpool::meta::btree::Node;
+    use thinpool::meta::journal::encode_ref;
     use thinpool::meta::journal::{BlockRef, RootId};
     use thinpool::meta::{MetaBlock, BLOCK_SIZE};
+    use thinpool::pool::trees::MAPPING;
     use thinpool::pool::{OpenOptions, Pool, PoolError};
 
     fn ro() -> OpenOptions {

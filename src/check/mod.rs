@@ -18,13 +18,16 @@ pub use report::{Finding, Report, Severity};
 
 use crate::io::BlockDev;
 use crate::meta::block::{self, BlockType};
-use crate::meta::btree::{self, decode_ref, kind_by_id, unpack_mapping, Node, TreeKind, ValueRefs};
+use crate::meta::btree::{Node, TreeKind};
+use crate::meta::journal::decode_ref;
 use crate::meta::journal::{BlockRef, Record, RootId};
 use crate::meta::label::Label;
 use crate::meta::spacemap::{self, ENTRIES_PER_PAGE};
+use crate::meta::spacemap::{SM_INDEX, SM_OVERFLOW};
 use crate::meta::txn::Tm;
 use crate::meta::{MetaBlock, MetaError, BLOCK_SIZE};
-use crate::pool::details::{Details, DETAILS, DETAILS_SIZE};
+use crate::pool::details::{Details, DETAILS};
+use crate::pool::trees::{kind_by_id, unpack_mapping, DEV_ROOTS, MAPPING};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -143,7 +146,7 @@ impl Checker {
         );
         self.tree(
             top_root,
-            btree::DEV_ROOTS,
+            DEV_ROOTS,
             "top-level mapping tree",
             &mut |_, k, v| {
                 coll.dev_roots.insert(k, decode_ref(v));
@@ -165,7 +168,7 @@ impl Checker {
                 .unwrap_or(u64::MAX);
             let data_blocks = self.rec.data_blocks;
             let mut beyond = 0u64;
-            let entries = self.tree(root, btree::MAPPING, &loc, &mut |c, vb, v| {
+            let entries = self.tree(root, MAPPING, &loc, &mut |c, vb, v| {
                 let (pb, _) = unpack_mapping(u64::from_le_bytes(v.try_into().unwrap()));
                 if pb.0 >= data_blocks {
                     c.rep.error("mapping", None, &loc, format!("virtual block {vb} maps to data block {} beyond the pool ({data_blocks} blocks)", pb.0));
@@ -237,17 +240,12 @@ impl Checker {
         ] {
             let mut c2 = Collected::default();
             let loc = format!("{name} space map");
-            self.tree(
-                r(idx),
-                btree::SM_INDEX,
-                &format!("{loc} index"),
-                &mut |_, k, v| {
-                    c2.pages.insert(k, decode_ref(v));
-                },
-            );
+            self.tree(r(idx), SM_INDEX, &format!("{loc} index"), &mut |_, k, v| {
+                c2.pages.insert(k, decode_ref(v));
+            });
             self.tree(
                 r(ovf),
-                btree::SM_OVERFLOW,
+                SM_OVERFLOW,
                 &format!("{loc} overflow tree"),
                 &mut |_, k, v| {
                     c2.overflow
@@ -458,8 +456,8 @@ impl Checker {
             );
         }
         if n.kind_id() != kind.id {
-            let found = kind_by_id(n.kind_id(), DETAILS_SIZE)
-                .map(|k| format!("{k:?}"))
+            let found = kind_by_id(n.kind_id())
+                .map(|k| k.to_string())
                 .unwrap_or_else(|| n.kind_id().to_string());
             bad(
                 self,
@@ -520,7 +518,7 @@ impl Checker {
                 f(self, n.key(i), n.value(i));
             }
             entries = n.nr() as u64;
-            if kind.refs == ValueRefs::DataBlock {
+            if kind == MAPPING {
                 self.rep.stats.mappings += entries;
             }
         } else {

@@ -14,8 +14,9 @@
 //! opened; sharing only makes it cheaper.
 
 use super::Result;
-use crate::meta::btree::{unpack_mapping, Node, MAPPING};
+use crate::meta::btree::{Btree, Node};
 use crate::meta::journal::BlockRef;
+use crate::pool::trees::{unpack_mapping, MAPPING};
 use crate::pool::{Pool, VolumeId};
 
 /// How a range differs between FROM and TO.

@@ -18,6 +18,20 @@ pub struct BlockRef {
     pub gen: u64,
 }
 
+/// A [`BlockRef`] as the 16 bytes it takes in a node value or a record: block, generation.
+pub fn encode_ref(r: BlockRef) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&r.block.0.to_le_bytes());
+    b[8..].copy_from_slice(&r.gen.to_le_bytes());
+    b
+}
+pub fn decode_ref(v: &[u8]) -> BlockRef {
+    BlockRef {
+        block: MetaBlock(get_u64(v, 0)),
+        gen: get_u64(v, 8),
+    }
+}
+
 /// A root in a record: pointer plus the checksum its block must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Root {

@@ -16,9 +16,25 @@
 //! overwritten, and open can fall back one record when the newest one's trees are damaged.
 
 use super::block::{get_u32, put_u32, HEADER_SIZE};
+use super::btree::{TreeKind, ValueRefs};
 use super::journal::BlockRef;
 use super::BLOCK_SIZE;
 use bitvec::prelude::*;
+
+/// The index tree of a space map: bitmap page number -> `{block, generation}` of the page.
+pub const SM_INDEX: TreeKind = TreeKind {
+    id: 1,
+    name: "space-map index",
+    value_size: 16,
+    refs: ValueRefs::None,
+};
+/// The overflow tree of a space map: block -> reference count, for counts of 3 and more.
+pub const SM_OVERFLOW: TreeKind = TreeKind {
+    id: 2,
+    name: "space-map overflow",
+    value_size: 8,
+    refs: ValueRefs::None,
+};
 
 /// Entries per bitmap page.
 pub const ENTRIES_PER_PAGE: u64 = ((BLOCK_SIZE - HEADER_SIZE) * 4) as u64;

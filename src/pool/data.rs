@@ -16,9 +16,11 @@
 //! - Discard unmaps whole blocks and zeroes the covered part of partial edge blocks.
 
 use super::details::{Access, IoVolume, DETAILS};
+use super::trees::{pack_mapping, unpack_mapping, DEV_ROOTS, MAPPING};
 use super::{Pool, PoolError, Result, VolumeId};
 use crate::io::{BlockDev, IoOp};
-use crate::meta::btree::{pack_mapping, unpack_mapping, DEV_ROOTS, MAPPING, SM_INDEX, SM_OVERFLOW};
+use crate::meta::btree::Btree;
+use crate::meta::spacemap::{SM_INDEX, SM_OVERFLOW};
 use crate::meta::{DataBlock, MetaError};
 
 /// Blocks unmapped per batch in a discard (bounds the memory of a huge discard).

@@ -5,14 +5,16 @@
 //! `28..32` flags (bit 0 read-only); `32..40` origin volume id (`u64::MAX`: none);
 //! `40..48` seq of the commit that created it; `48` name length; `49..176` name (UTF-8).
 
-use crate::meta::btree::{TreeKind, ValueRefs, DETAILS_KIND_ID};
+use crate::meta::btree::{TreeKind, ValueRefs};
 
 pub const DETAILS_SIZE: usize = 176;
 pub const MAX_NAME: usize = 127;
 pub const NO_ORIGIN: u64 = u64::MAX;
 
+/// The details tree: volume id -> [`Details`] (no references).
 pub const DETAILS: TreeKind = TreeKind {
-    id: DETAILS_KIND_ID,
+    id: 5,
+    name: "details",
     value_size: DETAILS_SIZE,
     refs: ValueRefs::None,
 };

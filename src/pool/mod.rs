@@ -15,6 +15,7 @@ mod error;
 mod extents;
 mod shared;
 mod sync;
+pub mod trees;
 mod volume;
 pub use volume::VolumeInfo;
 
@@ -25,7 +26,7 @@ pub use shared::SharedPool;
 pub use sync::SeededBug;
 
 use crate::io::{BlockDev, FileDev};
-use crate::meta::btree::DEV_ROOTS;
+use crate::meta::btree::Btree;
 use crate::meta::journal::BlockRef;
 use crate::meta::label::{Label, FORMAT_VERSION};
 use crate::meta::txn::{OpenReport, Tm};
@@ -35,6 +36,7 @@ use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use trees::DEV_ROOTS;
 
 /// Volume identifier (stable for the life of the volume).
 pub type VolumeId = u64;

@@ -2,9 +2,11 @@
 //! Each operation is one transaction, committed before it returns.
 
 use super::details::{validate_name, Access, Details, IoVolume, DETAILS, NO_ORIGIN};
+use super::trees::{DEV_ROOTS, MAPPING};
 use super::{now, Pool, PoolError, Result, VolumeId};
-use crate::meta::btree::{decode_ref, encode_ref, Node, DEV_ROOTS, MAPPING};
+use crate::meta::btree::{Btree, Node};
 use crate::meta::journal::BlockRef;
+use crate::meta::journal::{decode_ref, encode_ref};
 use crate::meta::DataBlock;
 
 /// What `thinpool list` and `info` show of a volume.
@@ -363,7 +365,7 @@ impl Pool {
         let n = Node(&blk);
         if n.is_leaf() {
             for i in 0..n.nr() {
-                let (pb, _) = crate::meta::btree::unpack_mapping(u64::from_le_bytes(
+                let (pb, _) = super::trees::unpack_mapping(u64::from_le_bytes(
                     n.value(i).try_into().unwrap(),
                 ));
                 if shared || self.tm.data_count(DataBlock(pb.0))? > 1 {

@@ -17,12 +17,15 @@ use std::sync::{Arc, OnceLock};
 use thinpool::check;
 use thinpool::io::BlockDev;
 use thinpool::meta::block::{self, BlockType, HEADER_SIZE};
-use thinpool::meta::btree::{decode_ref, encode_ref, Node, TreeKind, DEV_ROOTS, MAPPING, SM_INDEX};
+use thinpool::meta::btree::{Node, TreeKind};
 use thinpool::meta::journal::{self, BlockRef, Record, Root, RootId, NR_ROOTS};
+use thinpool::meta::journal::{decode_ref, encode_ref};
 use thinpool::meta::label::Label;
 use thinpool::meta::spacemap::{self, ENTRIES_PER_PAGE};
+use thinpool::meta::spacemap::{SM_INDEX, SM_OVERFLOW};
 use thinpool::meta::{MetaBlock, BLOCK_SIZE};
 use thinpool::pool::details::DETAILS;
+use thinpool::pool::trees::{DEV_ROOTS, MAPPING};
 use thinpool::pool::{CreateOptions, OpenOptions, Pool, PoolError};
 
 const META_CAP: u64 = 2 << 20;
@@ -131,8 +134,8 @@ fn build_fixture() -> Fixture {
         (RootId::User1, DEV_ROOTS),
         (RootId::DataIndex, SM_INDEX),
         (RootId::MetaIndex, SM_INDEX),
-        (RootId::DataOverflow, thinpool::meta::btree::SM_OVERFLOW),
-        (RootId::MetaOverflow, thinpool::meta::btree::SM_OVERFLOW),
+        (RootId::DataOverflow, SM_OVERFLOW),
+        (RootId::MetaOverflow, SM_OVERFLOW),
     ];
     for (id, kind) in kinds {
         walk(

@@ -1,0 +1,217 @@
+//! The transaction manager: one `Tm` owns the metadata device of a pool. It allocates and
+//! reference-counts metadata and data blocks (`refcount.rs`, the space-map engine), gives the
+//! B-tree its node store ([`NodeStore`]), and commits (`commit.rs`) and opens (`open.rs`)
+//! through the superblock journal.
+//!
+//! Commit (docs/design.md §5): the caller has synced the data device; then (1) pending metadata
+//! reference-count deltas are applied to the metadata space map until a fixed point; (2) every
+//! dirty block is written, only into blocks free as of the last two commits; (3) `fdatasync`;
+//! (4) the record goes to slot `seq % N` of both rings; (5) `fdatasync`. An I/O error at any
+//! step makes the transaction manager fail-stop: it never retries and acknowledges.
+
+mod commit;
+mod open;
+mod refcount;
+
+pub use open::{verify_record_roots, OpenReport, Rewind};
+
+use super::btree::NodeStore;
+use super::cache::{Block, BlockManager};
+use super::journal::{BlockRef, Record, RootId};
+use super::label::Label;
+use super::spacemap::{SmKind, SmRoots, SpaceMap};
+use super::{DataBlock, MetaBlock, MetaError, Result};
+use crate::hash::{IntMap, IntSet};
+use std::collections::BTreeMap;
+
+/// Blocks kept free for the commit itself (space-map pages and index nodes it shadows).
+const META_RESERVE: u64 = 48;
+
+pub struct Tm {
+    pub bm: BlockManager,
+    pub label: Label,
+    /// Generation (= seq it will commit as) of the transaction in progress.
+    pub gen: u64,
+    /// The last durable record.
+    pub last: Record,
+    pub msm: SpaceMap,
+    pub dsm: SpaceMap,
+    shadowed: IntSet<u64>,
+    pending: BTreeMap<u64, i64>,
+    /// Sum of the positive deltas in `pending` (this transaction's allocations), kept up to
+    /// date so the free-space estimate every allocation checks is O(1).
+    pending_alloc: i64,
+    bump: Option<u64>,
+    applying: bool,
+    /// Data blocks whose count reached zero in this transaction (punched after commit).
+    pub data_freed: Vec<u64>,
+    page_memo: IntMap<(u8, u64), BlockRef>,
+    prot_memo: IntMap<(u8, u8, u64), Option<BlockRef>>,
+    pub read_only: bool,
+    /// Metadata blocks the last commit freed (zero in S, not in S-1): free by the space map
+    /// but protected from reuse until the next commit, so not available to allocate.
+    meta_freed_last: u64,
+    /// The same count for the commit being applied.
+    meta_freed_now: u64,
+    failed: Option<String>,
+    /// Test-only fault switch: write the record before syncing the new metadata blocks.
+    pub broken_commit_order: bool,
+}
+
+impl Tm {
+    fn sm(&self, k: SmKind) -> &SpaceMap {
+        match k {
+            SmKind::Meta => &self.msm,
+            SmKind::Data => &self.dsm,
+        }
+    }
+    fn sm_mut(&mut self, k: SmKind) -> &mut SpaceMap {
+        match k {
+            SmKind::Meta => &mut self.msm,
+            SmKind::Data => &mut self.dsm,
+        }
+    }
+
+    pub(crate) fn is_shadowed(&self, b: MetaBlock) -> bool {
+        self.shadowed.contains(&b.0)
+    }
+    pub(crate) fn mark_shadowed(&mut self, b: MetaBlock) {
+        self.shadowed.insert(b.0);
+    }
+
+    // ----- state ---------------------------------------------------------------------------
+
+    pub fn check_writable(&self) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(MetaError::FailStopped(why.clone()));
+        }
+        if self.read_only {
+            return Err(MetaError::ReadOnly("the pool was opened read-only".into()));
+        }
+        Ok(())
+    }
+
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Stop accepting changes for good (an fsync failed: what is on disk is unknown).
+    pub fn fail_stop(&mut self, why: String) {
+        if self.failed.is_none() {
+            self.failed = Some(why);
+        }
+    }
+
+    fn fail(&mut self, e: MetaError) -> MetaError {
+        if self.failed.is_none() {
+            self.failed = Some(e.to_string());
+        }
+        e
+    }
+
+    /// True when the transaction in progress changed anything.
+    pub fn is_dirty(&self) -> bool {
+        !self.shadowed.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Forget the transaction in progress and return to the last durable record.
+    pub fn abort(&mut self) {
+        self.bm.discard_dirty();
+        self.pending.clear();
+        self.pending_alloc = 0;
+        self.shadowed.clear();
+        self.page_memo.clear();
+        self.data_freed.clear();
+        self.meta_freed_now = 0;
+        let last = self.last.clone();
+        self.msm = sm_from_record(SmKind::Meta, &last, self.msm.protected, self.msm.cursor);
+        self.dsm = sm_from_record(SmKind::Data, &last, self.dsm.protected, self.dsm.cursor);
+    }
+
+    /// The user roots and counters of the last durable record.
+    pub fn user_state(&self) -> ([BlockRef; 2], [u64; 2]) {
+        (
+            [
+                self.last.root(RootId::User0).r,
+                self.last.root(RootId::User1).r,
+            ],
+            self.last.counters,
+        )
+    }
+}
+
+impl NodeStore for Tm {
+    fn generation(&self) -> u64 {
+        self.gen
+    }
+    fn pool_uuid(&self) -> [u8; 16] {
+        *self.bm.uuid()
+    }
+    fn alloc_block(&mut self) -> Result<MetaBlock> {
+        self.alloc_meta()
+    }
+    fn read_block(&mut self, b: MetaBlock) -> Result<Block> {
+        self.bm.read(b, super::block::BlockType::Node)
+    }
+    fn block_ref(&mut self, b: MetaBlock) -> Result<&[u8]> {
+        self.bm.read_ref(b, super::block::BlockType::Node)
+    }
+    fn block_mut(&mut self, b: MetaBlock) -> Result<&mut [u8]> {
+        Ok(self.bm.get_mut(b, super::block::BlockType::Node)?)
+    }
+    fn put_block(&mut self, b: MetaBlock, buf: Vec<u8>) -> Result<()> {
+        self.bm.put_new(b, buf)
+    }
+    fn ref_count(&mut self, b: MetaBlock) -> Result<u64> {
+        self.meta_count(b)
+    }
+    fn ref_delta(&mut self, b: MetaBlock, d: i64) {
+        self.meta_delta(b, d)
+    }
+    fn was_shadowed(&self, b: MetaBlock) -> bool {
+        self.is_shadowed(b)
+    }
+    fn note_shadowed(&mut self, b: MetaBlock) {
+        self.mark_shadowed(b)
+    }
+    fn data_delta(&mut self, b: DataBlock, d: i64) -> Result<()> {
+        if d > 0 {
+            self.data_inc(b)
+        } else {
+            self.data_dec(b)
+        }
+    }
+}
+
+fn sm_from_record(
+    k: SmKind,
+    rec: &Record,
+    protected: [Option<BlockRef>; 2],
+    cursor: u64,
+) -> SpaceMap {
+    let (idx, ovf, nr, alloc) = match k {
+        SmKind::Meta => (
+            RootId::MetaIndex,
+            RootId::MetaOverflow,
+            rec.meta_blocks,
+            rec.meta_allocated,
+        ),
+        SmKind::Data => (
+            RootId::DataIndex,
+            RootId::DataOverflow,
+            rec.data_blocks,
+            rec.data_allocated,
+        ),
+    };
+    SpaceMap {
+        kind: k,
+        nr_blocks: nr,
+        nr_allocated: alloc,
+        roots: SmRoots {
+            index: rec.root(idx).r,
+            overflow: rec.root(ovf).r,
+        },
+        protected,
+        cursor,
+    }
+}
