@@ -2,10 +2,11 @@
 //! in-process access to the NBD server's negotiation and request execution, which are
 //! otherwise reachable only through a listening socket. Not a stable API.
 
+use crate::nbd::command;
 use crate::nbd::handshake::{self, Session};
 use crate::nbd::proto::{Request, REQUEST_SIZE};
-use crate::nbd::server::{self, Shared, Stream};
-use crate::nbd::transmission;
+use crate::nbd::server;
+use crate::nbd::shared::{Shared, Stream};
 use crate::pool::{Pool, SharedPool};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ impl NbdServer {
             structured,
             allocation_context,
         };
-        Some(transmission::execute(
+        Some(command::execute(
             &self.shared,
             &sess,
             &Request::decode(header),

@@ -55,8 +55,8 @@ fn check_inner(meta: Arc<dyn BlockDev>, data_len: Option<u64>, at_seq: Option<u6
         }
     };
     report::journal_findings(&mut rep, &open);
-    let rec = tm.last.clone();
-    let label = tm.label.clone();
+    let rec = tm.last_record().clone();
+    let label = tm.label().clone();
     drop(tm);
     let mut c = Checker {
         dev: meta,

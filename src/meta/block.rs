@@ -111,7 +111,7 @@ pub fn verify(
     block: MetaBlock,
     uuid: &[u8; 16],
 ) -> Result<BlockType, MetaError> {
-    let corrupt = |reason: String| MetaError::Corrupt { block, reason };
+    let corrupt = |reason: String| MetaError::corrupt(block, reason);
     let ty = block_type(buf).ok_or_else(|| {
         if buf.iter().all(|&b| b == 0) {
             corrupt("block is all zeros (never written, or lost)".into())

@@ -69,7 +69,7 @@ impl BlockManager {
     fn check_range(&self, b: MetaBlock) -> Result<(), MetaError> {
         if b.0 >= self.nr_blocks {
             return Err(MetaError::Corrupt {
-                block: b,
+                block: Some(b),
                 reason: format!(
                     "block number is beyond the metadata device ({} blocks)",
                     self.nr_blocks
@@ -203,7 +203,7 @@ impl BlockManager {
     pub fn sync(&mut self) -> Result<(), MetaError> {
         self.dev
             .flush()
-            .map_err(|e| MetaError::io("fdatasync", MetaBlock(0), e))
+            .map_err(|e| MetaError::io_device("fdatasync", e))
     }
 
     /// Forget every dirty block (transaction abort) and every cached copy of them.
@@ -230,7 +230,7 @@ impl BlockManager {
 fn check_type(b: MetaBlock, blk: &[u8], expect: BlockType) -> Result<(), MetaError> {
     if block::raw_type(blk) != expect as u32 {
         return Err(MetaError::Corrupt {
-            block: b,
+            block: Some(b),
             reason: format!(
                 "expected a {expect:?} block, found {:?}",
                 block::block_type(blk)

@@ -39,15 +39,21 @@ impl fmt::Display for DataBlock {
 /// Errors of the persistent-data layer.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    #[error("metadata {op} failed at {block}: {source}")]
+    #[error("metadata {op} failed{}: {source}", at(block))]
     Io {
         op: &'static str,
-        block: MetaBlock,
+        /// The block concerned, when the operation was on one (not for a whole-device
+        /// fdatasync or resize).
+        block: Option<MetaBlock>,
         #[source]
         source: io::Error,
     },
-    #[error("{block} is corrupt: {reason}")]
-    Corrupt { block: MetaBlock, reason: String },
+    #[error("{} is corrupt: {reason}", what(block))]
+    Corrupt {
+        /// The corrupt block, when one is known (not for an inconsistent space-map count).
+        block: Option<MetaBlock>,
+        reason: String,
+    },
     #[error("pool out of metadata space: free some (remove volumes or snapshots) or recreate the pool with a larger --metadata-size")]
     NoMetadataSpace,
     #[error("pool out of data space: remove volumes or snapshots, discard unused ranges, or add space with `thinpool pool grow`")]
@@ -62,16 +68,105 @@ pub enum MetaError {
     FailStopped(String),
 }
 
+fn at(block: &Option<MetaBlock>) -> String {
+    block.map(|b| format!(" at {b}")).unwrap_or_default()
+}
+
+fn what(block: &Option<MetaBlock>) -> String {
+    block.map_or_else(|| "metadata".to_string(), |b| b.to_string())
+}
+
 impl MetaError {
+    /// An I/O error on metadata block `block`.
     pub fn io(op: &'static str, block: MetaBlock, source: io::Error) -> MetaError {
-        MetaError::Io { op, block, source }
+        MetaError::Io {
+            op,
+            block: Some(block),
+            source,
+        }
+    }
+    /// An I/O error on the metadata device as a whole (fdatasync, resize).
+    pub fn io_device(op: &'static str, source: io::Error) -> MetaError {
+        MetaError::Io {
+            op,
+            block: None,
+            source,
+        }
     }
     pub fn corrupt(block: MetaBlock, reason: impl Into<String>) -> MetaError {
         MetaError::Corrupt {
-            block,
+            block: Some(block),
+            reason: reason.into(),
+        }
+    }
+    /// Metadata found inconsistent with no one block to blame (a space-map count).
+    pub fn inconsistent(reason: impl Into<String>) -> MetaError {
+        MetaError::Corrupt {
+            block: None,
             reason: reason.into(),
         }
     }
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::cache::BlockManager;
+    use crate::io::BlockDev;
+    use std::io;
+    use std::sync::Arc;
+
+    /// A device whose fdatasync fails.
+    struct NoSync;
+    impl BlockDev for NoSync {
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn ensure_len(&self, _len: u64) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_device_sync_names_no_block() {
+        let mut bm = BlockManager::new(Arc::new(NoSync), [0; 16], 256, 16);
+        let e = bm.sync().unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, super::MetaError::Io { block: None, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            msg,
+            format!(
+                "metadata fdatasync failed: {}",
+                io::Error::from_raw_os_error(libc::EIO)
+            )
+        );
+    }
+
+    #[test]
+    fn an_inconsistent_count_blames_no_block() {
+        let e = super::MetaError::inconsistent("releasing data block 7, which has no references");
+        assert_eq!(
+            e.to_string(),
+            "metadata is corrupt: releasing data block 7, which has no references"
+        );
+        let e = super::MetaError::corrupt(super::MetaBlock(3), "bad checksum");
+        assert_eq!(e.to_string(), "metadata block 3 is corrupt: bad checksum");
+    }
+}

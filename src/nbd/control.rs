@@ -10,13 +10,19 @@
 //! attached: the CLI refuses `remove`/`rollback` of an attached volume unless `--force` is
 //! given (it decides on the parsed command, see `cli::Command::guarded_volumes`).
 
-use super::server::Shared;
-use super::Forwarded;
+use super::shared::Shared;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
+
+/// What a forwarded command returned.
+pub struct Forwarded {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
 
 pub const SOCKET_NAME: &str = "control.sock";
 const MAGIC: &[u8; 8] = b"TPCTL001";
@@ -155,14 +161,12 @@ pub fn serve_one(shared: &Shared, mut s: UnixStream) {
         Ok(mut ex) => {
             let pool = &mut *ex.pool;
             let (mut out, mut err) = (Vec::new(), Vec::new());
-            // No data request is in flight (exclusive), so the command may commit on its own
-            // like in a process of its own.
-            pool.shared = false;
+            // No data request is in flight (exclusive), so the command runs, and may commit
+            // on its own, as in a process of its own.
             let attached = |id| shared.attached(id);
             let r = catch_unwind(AssertUnwindSafe(|| {
-                (shared.handler)(&mut *pool, &argv, &attached, &mut out, &mut err)
+                (shared.handler())(&mut *pool, &argv, &attached, &mut out, &mut err)
             }));
-            pool.shared = true;
             match r {
                 Ok(code) => (code, out, err),
                 Err(_) => {

@@ -7,7 +7,7 @@
 //! briefly through [`Shared::find_export`].
 
 use super::proto::*;
-use super::server::{Export, Shared};
+use super::shared::{Export, Shared};
 use std::io::{self, Read, Write};
 
 /// Largest option payload we read into memory; larger ones are skipped and refused.

@@ -13,31 +13,63 @@
 
 use super::control;
 use super::handshake;
+use super::shared::{ControlHandler, EVICT_IDLE, MAX_CONNECTIONS};
+use super::shared::{Shared, Stream};
 use super::transmission;
-use super::{ControlHandler, ServeOptions};
-use crate::pool::{OpenOptions, Pool, PoolError, SharedPool, VolumeId};
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use crate::pool::{OpenOptions, Pool, PoolError};
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Most simultaneous NBD connections; more are closed at once (each costs a few threads).
-pub const MAX_CONNECTIONS: usize = 512;
-/// When the server is full, a connection idle this long is closed to admit a new one.
-pub const EVICT_IDLE: Duration = Duration::from_secs(30);
-
-/// A live connection as the accept loop sees it.
-struct ConnEntry {
-    stream: Stream,
-    /// Milliseconds since `Shared::epoch` of its last request or reply.
-    last: Arc<AtomicU64>,
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub pool_dir: PathBuf,
+    /// Unix socket path (default `POOL/nbd.sock`).
+    pub socket: Option<PathBuf>,
+    /// TCP address (`ADDR:PORT`); loopback only unless `allow_remote`.
+    pub listen: Option<String>,
+    /// Volumes to export (empty: all).
+    pub exports: Vec<String>,
+    pub read_only: bool,
+    pub allow_remote: bool,
+    pub commit_interval: Duration,
+    /// Accept a rewind past a damaged newest commit (see `OpenOptions::rewind`).
+    pub rewind: bool,
+    /// The data file's I/O engine and O_DIRECT (see `OpenOptions`).
+    pub engine: crate::io::Engine,
+    pub direct: bool,
+    /// At most this many NBD connections (default 512); when full, the connection idle
+    /// longest is closed to admit a new one if it has been idle for `evict_idle` (30 s).
+    pub max_connections: usize,
+    pub evict_idle: Duration,
 }
+
+impl ServeOptions {
+    /// Defaults: unix socket `POOL/nbd.sock`, every volume, commit every second.
+    pub fn new(pool_dir: impl Into<PathBuf>) -> ServeOptions {
+        ServeOptions {
+            pool_dir: pool_dir.into(),
+            socket: None,
+            listen: None,
+            exports: Vec::new(),
+            read_only: false,
+            allow_remote: false,
+            commit_interval: Duration::from_secs(1),
+            rewind: false,
+            engine: crate::io::Engine::from_env(),
+            direct: false,
+            max_connections: MAX_CONNECTIONS,
+            evict_idle: EVICT_IDLE,
+        }
+    }
+}
+
 /// A client gets this long to finish negotiating.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that accepts no reply bytes for this long is dropped, so it cannot pin a worker
@@ -48,235 +80,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITEBACK_EVERY: Duration = Duration::from_millis(100);
 /// How often the accept loop looks at the stop flags.
 const POLL: Duration = Duration::from_millis(10);
-
-/// An export as a client sees it.
-#[derive(Debug, Clone)]
-pub struct Export {
-    pub id: VolumeId,
-    pub name: String,
-    pub size: u64,
-    pub read_only: bool,
-}
-
-/// A client connection over either transport.
-pub enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    pub fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-    pub fn shutdown(&self, how: Shutdown) {
-        // Already-closed sockets report ENOTCONN; there is nothing left to do then.
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(how),
-            Stream::Tcp(s) => s.shutdown(how),
-        };
-    }
-    pub(super) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(t),
-            Stream::Tcp(s) => s.set_read_timeout(t),
-        }
-    }
-    pub(super) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_write_timeout(t),
-            Stream::Tcp(s) => s.set_write_timeout(t),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// State every thread of the server shares.
-pub struct Shared {
-    pool: SharedPool,
-    exports: Vec<String>,
-    read_only: bool,
-    stop: AtomicBool,
-    /// Open NBD connections per volume (for refusing `remove`/`rollback`).
-    attached: Mutex<HashMap<VolumeId, usize>>,
-    /// Live connections: their streams (to wake their readers at shutdown, or to close the
-    /// longest idle one when the server is full) and when each was last active.
-    conns: Mutex<HashMap<u64, ConnEntry>>,
-    /// At most this many connections; when full, one idle for `evict_idle` makes room.
-    max_connections: usize,
-    evict_idle: Duration,
-    /// The origin of the activity timestamps.
-    epoch: Instant,
-    next_conn: AtomicU64,
-    pub(super) handler: ControlHandler,
-    /// In-flight request bytes of every connection together.
-    budget: transmission::Budget,
-    /// Workers connections started beyond their first `WORKERS` (bounded server-wide).
-    pub(super) extra_workers: AtomicUsize,
-}
-
-impl Shared {
-    /// The shared state of a server around `pool`, with no listener and no control
-    /// handler (in-process fuzzing, see `src/fuzzing.rs`).
-    pub(crate) fn detached(pool: Pool, read_only: bool) -> Shared {
-        Shared {
-            pool: SharedPool::new(pool),
-            exports: Vec::new(),
-            read_only,
-            stop: AtomicBool::new(false),
-            attached: Mutex::new(HashMap::new()),
-            conns: Mutex::new(HashMap::new()),
-            max_connections: MAX_CONNECTIONS,
-            evict_idle: EVICT_IDLE,
-            epoch: Instant::now(),
-            next_conn: AtomicU64::new(0),
-            handler: Box::new(|_, _, _, _, err| {
-                err.extend_from_slice(b"no control commands here\n");
-                2
-            }),
-            budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
-            extra_workers: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// The server-wide in-flight byte budget.
-    pub(super) fn budget(&self) -> &transmission::Budget {
-        &self.budget
-    }
-
-    /// The pool. Data requests go straight to it (they take the metadata lock only around
-    /// lookups, see `pool/shared.rs`); a panic while it was locked makes every later request
-    /// fail with EIO (the in-memory state may be half-updated and must not be committed).
-    pub fn pool(&self) -> &SharedPool {
-        &self.pool
-    }
-
-    fn allowed(&self, name: &str) -> bool {
-        self.exports.is_empty() || self.exports.iter().any(|e| e == name)
-    }
-
-    /// Names a client may attach to.
-    pub fn export_names(&self) -> Vec<String> {
-        let Ok(mut pool) = self.pool.lock() else {
-            return Vec::new();
-        };
-        match pool.volumes() {
-            Ok(v) => v
-                .into_iter()
-                .map(|(_, d)| d.name)
-                .filter(|n| self.allowed(n))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Resolve an export name. The empty name means the only export, if there is one.
-    pub fn find_export(&self, name: &str) -> Option<Export> {
-        let name = if name.is_empty() {
-            let names = self.export_names();
-            if names.len() != 1 {
-                return None;
-            }
-            names.into_iter().next()?
-        } else {
-            name.to_string()
-        };
-        if !self.allowed(&name) {
-            return None;
-        }
-        let (id, d) = self.pool.lock().ok()?.find(&name).ok()?;
-        Some(Export {
-            id,
-            name: d.name,
-            size: d.size,
-            read_only: d.read_only || self.read_only,
-        })
-    }
-
-    pub fn attached(&self, id: VolumeId) -> usize {
-        let a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
-        a.get(&id).copied().unwrap_or(0)
-    }
-
-    fn attach(&self, id: VolumeId) {
-        // Counted under the pool lock, so a control command never sees a half-made attach.
-        let _pool = self.pool.lock();
-        let mut a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
-        *a.entry(id).or_insert(0) += 1;
-    }
-
-    fn detach(&self, id: VolumeId) {
-        let mut a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = a.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                a.remove(&id);
-            }
-        }
-    }
-
-    /// Milliseconds since the server started (connection activity stamps).
-    pub(super) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// The server is full: close the connection idle longest, if it has been idle for
-    /// `evict_idle` (a client that keeps a connection open and does nothing cannot lock
-    /// others out). Returns whether one was closed.
-    fn evict_one_idle(&self) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let now = self.now_ms();
-        let idle = conns
-            .iter()
-            .map(|(id, c)| (id, c, now.saturating_sub(c.last.load(Ordering::Relaxed))))
-            .max_by_key(|&(_, _, idle)| idle);
-        match idle {
-            Some((id, c, ms)) if ms >= self.evict_idle.as_millis() as u64 => {
-                eprintln!(
-                    "thinpool serve: closing connection {id}, idle for {:.1} s, to admit a new \
-                     one ({} connections)",
-                    ms as f64 / 1000.0,
-                    self.max_connections
-                );
-                // Its stamp moves on so a second new client evicts another one.
-                c.last.store(now, Ordering::Relaxed);
-                c.stream.shutdown(Shutdown::Both);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn live_connections(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
 
 /// Route SIGINT and SIGTERM to a flag the accept loop polls.
 pub fn install_signal_handlers() -> io::Result<()> {
@@ -508,21 +311,14 @@ pub fn run(
         }
     };
     let (nbd, ctl) = (&nbd_sock.listener, &ctl_sock.listener);
-    let shared = Arc::new(Shared {
-        pool: SharedPool::new(pool),
-        exports: opts.exports.clone(),
-        read_only: opts.read_only,
-        stop: AtomicBool::new(false),
-        attached: Mutex::new(HashMap::new()),
-        conns: Mutex::new(HashMap::new()),
-        max_connections: opts.max_connections.max(1),
-        evict_idle: opts.evict_idle,
-        epoch: Instant::now(),
-        next_conn: AtomicU64::new(0),
+    let shared = Arc::new(Shared::new(
+        pool,
+        opts.exports.clone(),
+        opts.read_only,
+        opts.max_connections,
+        opts.evict_idle,
         handler,
-        budget: transmission::Budget::new(transmission::GLOBAL_BUDGET),
-        extra_workers: AtomicUsize::new(0),
-    });
+    ));
     // Request buffers go back to the system when freed, so memory falls when clients go.
     crate::io::sys::return_large_allocations();
     let mut what = format!("unix:{}", nbd_path.display());
@@ -617,20 +413,12 @@ pub fn run(
     }
 
     // Shutdown: no new connections; readers see EOF, workers finish what was read.
-    shared.stop.store(true, Ordering::SeqCst);
+    shared.stop();
     drop(tcp);
     nbd_sock.remove();
     ctl_sock.remove();
     drop(nbd_sock);
     drop(ctl_sock);
-    for s in shared
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-    {
-        s.stream.shutdown(Shutdown::Read);
-    }
     for h in threads {
         let _ = h.join();
     }
@@ -648,46 +436,25 @@ pub fn run(
 }
 
 fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandle<()>>) {
-    if shared.live_connections() >= shared.max_connections && !shared.evict_one_idle() {
-        eprintln!(
-            "thinpool serve: too many connections ({}, none idle for {:?}); refusing one",
-            shared.max_connections, shared.evict_idle
-        );
-        return;
-    }
-    let Ok(clone) = s.try_clone() else { return };
-    let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-    let last = Arc::new(AtomicU64::new(shared.now_ms()));
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            id,
-            ConnEntry {
-                stream: clone,
-                last: last.clone(),
-            },
-        );
+    let (id, last) = match shared.admit(&s) {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("thinpool serve: {why}");
+            return;
+        }
+    };
     let sh = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("nbd-conn-{id}"))
         .spawn(move || {
             connection_tracked(&sh, s, &last);
-            sh.conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            sh.forget(id);
         });
     match spawned {
         Ok(h) => threads.push(h),
         Err(e) => {
             eprintln!("thinpool serve: cannot start a connection thread: {e}");
-            shared
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            shared.forget(id);
         }
     }
 }

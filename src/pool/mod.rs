@@ -13,10 +13,12 @@ mod data;
 pub mod details;
 mod error;
 mod extents;
+mod open;
 mod shared;
 mod sync;
 pub mod trees;
 mod volume;
+mod write;
 pub use volume::VolumeInfo;
 
 pub use details::Details;
@@ -25,18 +27,15 @@ pub use shared::SharedPool;
 #[doc(hidden)]
 pub use sync::SeededBug;
 
-use crate::io::{BlockDev, FileDev};
+use crate::io::BlockDev;
 use crate::meta::btree::Btree;
 use crate::meta::journal::BlockRef;
-use crate::meta::label::{Label, FORMAT_VERSION};
-use crate::meta::txn::{OpenReport, Tm};
-use crate::meta::{MetaError, BLOCK_SIZE};
+use crate::meta::txn::{OpenReport, Tm, UserRoots};
+use crate::meta::BLOCK_SIZE;
 use details::{IoVolume, DETAILS};
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use trees::DEV_ROOTS;
 
 /// Volume identifier (stable for the life of the volume).
 pub type VolumeId = u64;
@@ -104,18 +103,6 @@ impl Default for OpenOptions {
     }
 }
 
-/// A read-write open of a pool whose newest commit is damaged needs the user's consent: the
-/// commit it falls back from was acknowledged (docs/format.md, "Open").
-fn refuse_silent_rewind(report: &OpenReport, opts: &OpenOptions) -> Result<()> {
-    if opts.read_only || opts.rewind || opts.at_seq.is_some() {
-        return Ok(());
-    }
-    if let Some(r) = report.rewound() {
-        return Err(PoolError::NeedsRewind(r));
-    }
-    Ok(())
-}
-
 /// Pool-wide figures (`thinpool pool info`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolInfo {
@@ -168,31 +155,42 @@ pub struct Pool {
     /// Opened read-write and not committed yet: the blocks the previous commit freed (by
     /// a process that exited before punching them) are punched after the first commit.
     punch_last_frees: bool,
-    /// Owned by a [`SharedPool`]: never commit on its own.
-    pub(crate) shared: bool,
     /// Bytes of newly mapped blocks written since writeback was last started.
     unkicked: u64,
 }
 
-fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
-    // A lock that a process released an instant ago can still be held by a child that some
-    // other thread forked in between (the descriptor is shared until the child execs), so a
-    // busy lock is retried for a moment before the pool is declared in use.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
-    loop {
-        let locked =
-            crate::io::lock::try_lock(file, exclusive).map_err(|source| PoolError::Io {
-                path: path.to_path_buf(),
-                op: "flock",
-                source,
-            })?;
-        if locked {
-            return Ok(());
+/// The pool's part of every commit record, named: the transaction manager keeps it as two
+/// opaque roots and two counters ([`crate::meta::txn::UserRoots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UserState {
+    /// Root of the details tree (`id -> Details`).
+    pub details_root: BlockRef,
+    /// Root of the top-level tree (`id -> mapping tree root`).
+    pub top_root: BlockRef,
+    /// The id the next new volume gets.
+    pub next_id: u64,
+    /// The pool time: bumped by every snapshot, stored in each mapping (see `write_once`).
+    pub time: u64,
+}
+
+impl From<UserRoots> for UserState {
+    fn from(u: UserRoots) -> UserState {
+        let ([details_root, top_root], [next_id, time]) = (u.roots, u.counters);
+        UserState {
+            details_root,
+            top_root,
+            next_id,
+            time,
         }
-        if std::time::Instant::now() >= deadline {
-            return Err(PoolError::InUse(path.to_path_buf()));
+    }
+}
+
+impl From<UserState> for UserRoots {
+    fn from(u: UserState) -> UserRoots {
+        UserRoots {
+            roots: [u.details_root, u.top_root],
+            counters: [u.next_id, u.time],
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -206,15 +204,6 @@ fn now() -> u64 {
 fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> PoolError {
     let path = path.to_path_buf();
     move |source| PoolError::Io { path, op, source }
-}
-
-fn new_uuid() -> [u8; 16] {
-    use rand::RngCore;
-    let mut u = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut u);
-    u[6] = (u[6] & 0x0f) | 0x40;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
 }
 
 pub fn format_uuid(u: &[u8; 16]) -> String {
@@ -239,303 +228,7 @@ pub fn validate_block_size(bs: u64) -> Result<()> {
     Ok(())
 }
 
-/// What a `Pool::create` in progress has made: removed again if it fails (nothing was
-/// acknowledged, and a half-made pool would only make the retry fail with "exists").
-#[derive(Default)]
-struct PartialPool {
-    files: Vec<PathBuf>,
-    /// The directory, when `create` made it.
-    dir: Option<PathBuf>,
-}
-
-impl PartialPool {
-    fn keep(&mut self) {
-        self.files.clear();
-        self.dir = None;
-    }
-}
-
-impl Drop for PartialPool {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
 impl Pool {
-    /// Create a pool in directory `dir` (created with mode 0700 if missing; must be empty).
-    /// `metadata` and `data` are created 0600.
-    pub fn create(dir: &Path, opts: &CreateOptions) -> Result<Pool> {
-        validate_block_size(opts.block_size)?;
-        let data_blocks = opts.size / opts.block_size;
-        if data_blocks == 0 {
-            return Err(PoolError::InvalidSize(format!(
-                "pool size {} is smaller than one block ({})",
-                opts.size, opts.block_size
-            )));
-        }
-        if data_blocks >= 1 << 40 {
-            return Err(PoolError::InvalidSize(
-                "pool is larger than 2^40 data blocks".into(),
-            ));
-        }
-        let meta_size = opts
-            .metadata_size
-            .unwrap_or_else(|| default_metadata_size(data_blocks));
-        let meta_blocks = meta_size / BLOCK_SIZE as u64;
-        if meta_blocks < 1024 {
-            return Err(PoolError::InvalidSize(format!(
-                "metadata size {meta_size} is below the 4 MiB minimum"
-            )));
-        }
-        if meta_blocks > (16u64 << 30) / BLOCK_SIZE as u64 {
-            return Err(PoolError::InvalidSize(
-                "metadata size is above the 16 GiB maximum".into(),
-            ));
-        }
-        let mut partial = PartialPool::default();
-        if dir.exists() {
-            if !dir.is_dir() {
-                return Err(PoolError::Exists(dir.to_path_buf()));
-            }
-            let non_empty = std::fs::read_dir(dir)
-                .map_err(io_err(dir, "read directory"))?
-                .next()
-                .is_some();
-            if non_empty {
-                return Err(PoolError::Exists(dir.to_path_buf()));
-            }
-        } else {
-            // Missing parents as `mkdir -p` makes them; the pool's own directory is private
-            // (0700), like its files. A directory the user made keeps its mode.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(io_err(parent, "create directory"))?;
-            }
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err(dir, "create directory"))?;
-            partial.dir = Some(dir.to_path_buf());
-        }
-        let mpath = dir.join("metadata");
-        let dpath = dir.join("data");
-        let mdev = FileDev::create(&mpath).map_err(io_err(&mpath, "create"))?;
-        partial.files.push(mpath.clone());
-        let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
-        lock(&lockf, dir, true)?;
-        // Metadata takes its whole size on disk now: a commit must never fail because the
-        // filesystem filled up with data (only data writes may, and they fail cleanly).
-        mdev.preallocate(meta_blocks * BLOCK_SIZE as u64)
-            .map_err(io_err(&mpath, "reserve space for the metadata file"))?;
-        let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
-        partial.files.push(dpath.clone());
-        ddev.ensure_len(data_blocks * opts.block_size)
-            .map_err(io_err(&dpath, "size data file"))?;
-        let label = Label {
-            uuid: new_uuid(),
-            version: FORMAT_VERSION,
-            data_block_size: opts.block_size,
-            ring_slots: RING_SLOTS,
-            meta_blocks,
-            created: now(),
-        };
-        let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
-        let mut tm = Tm::create(mdev, label, data_blocks, opts.cache_blocks)?;
-        let details_root = tm.btree_empty(DETAILS)?;
-        let top_root = tm.btree_empty(DEV_ROOTS)?;
-        let mut pool = Pool {
-            dir: dir.to_path_buf(),
-            tm,
-            data: Arc::new(ddev),
-            _lock: Some(lockf),
-            block_size: opts.block_size,
-            details_root,
-            top_root,
-            next_id: 1,
-            time: 0,
-            data_dirty: true,
-            data_writes: 0,
-            report: None,
-            punch_next: Vec::new(),
-            punch_last_frees: false,
-            shared: false,
-            unkicked: 0,
-            memo_vol: None,
-            memo_root: None,
-            extents: extents::Extents::default(),
-        };
-        pool.commit()?;
-        // The files exist for good only once the directory entry is durable.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir, "sync directory"))?;
-        partial.keep();
-        Ok(pool)
-    }
-
-    /// Open an existing pool.
-    pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Pool> {
-        let mpath = dir.join("metadata");
-        let dpath = dir.join("data");
-        if !mpath.exists() {
-            return Err(PoolError::NotAPool(dir.to_path_buf()));
-        }
-        let writable = !opts.read_only;
-        if opts.at_seq.is_some() && writable {
-            return Err(PoolError::Meta(MetaError::ReadOnly(
-                "an older state can only be opened read-only".into(),
-            )));
-        }
-        let mdev = FileDev::open(&mpath, writable).map_err(io_err(&mpath, "open"))?;
-        let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
-        lock(&lockf, dir, writable)?;
-        let ddev = crate::io::open_data_dev(&dpath, writable, opts.direct, opts.engine)
-            .map_err(io_err(&dpath, "open"))?;
-        let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
-        let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
-        refuse_silent_rewind(&report, opts)?;
-        let ([details_root, top_root], [next_id, time]) = tm.user_state();
-        let block_size = tm.label.data_block_size;
-        let need = tm.dsm.nr_blocks * block_size;
-        if ddev.len() < need {
-            // Mapped data past the end of the file would read as zeros: the file was
-            // truncated or replaced, and the pool does not open (dm-thin likewise refuses
-            // a data device smaller than its metadata says).
-            if let Some(b) = tm.highest_used_data_block(ddev.len() / block_size)? {
-                return Err(PoolError::DataTooShort {
-                    path: dpath,
-                    len: ddev.len(),
-                    block: b,
-                    need: (b + 1) * block_size,
-                });
-            }
-        }
-        if ddev.len() < need && writable {
-            // A sparse data file that lost its tail (e.g. copied without sparseness) is
-            // restored to its size; reads past the end were zeros anyway.
-            ddev.ensure_len(need)
-                .map_err(io_err(&dpath, "size data file"))?;
-        }
-        let mut pool = Pool {
-            dir: dir.to_path_buf(),
-            tm,
-            data: ddev,
-            _lock: Some(lockf),
-            block_size,
-            details_root,
-            top_root,
-            next_id,
-            time,
-            data_dirty: false,
-            data_writes: 0,
-            report: Some(report),
-            punch_next: Vec::new(),
-            punch_last_frees: !opts.read_only,
-            shared: false,
-            unkicked: 0,
-            memo_vol: None,
-            memo_root: None,
-            extents: extents::Extents::default(),
-        };
-        pool.record_rewind()?;
-        Ok(pool)
-    }
-
-    /// After an accepted rewind, commit at once: the next open then finds an intact newest
-    /// record and needs no consent again.
-    fn record_rewind(&mut self) -> Result<()> {
-        if !self.tm.read_only && self.report.as_ref().is_some_and(|r| r.rewound().is_some()) {
-            self.force_commit()?;
-        }
-        Ok(())
-    }
-
-    /// A pool on arbitrary devices (in-memory tests, simulations). No directory, no lock.
-    pub fn create_on(
-        meta: Arc<dyn BlockDev>,
-        data: Arc<dyn BlockDev>,
-        opts: &CreateOptions,
-    ) -> Result<Pool> {
-        validate_block_size(opts.block_size)?;
-        let data_blocks = opts.size / opts.block_size;
-        let meta_size = opts
-            .metadata_size
-            .unwrap_or_else(|| default_metadata_size(data_blocks));
-        let label = Label {
-            uuid: new_uuid(),
-            version: FORMAT_VERSION,
-            data_block_size: opts.block_size,
-            ring_slots: RING_SLOTS,
-            meta_blocks: meta_size / BLOCK_SIZE as u64,
-            created: now(),
-        };
-        let mut tm = Tm::create(meta, label, data_blocks, opts.cache_blocks)?;
-        let details_root = tm.btree_empty(DETAILS)?;
-        let top_root = tm.btree_empty(DEV_ROOTS)?;
-        let mut pool = Pool {
-            dir: PathBuf::new(),
-            tm,
-            data,
-            _lock: None,
-            block_size: opts.block_size,
-            details_root,
-            top_root,
-            next_id: 1,
-            time: 0,
-            data_dirty: true,
-            data_writes: 0,
-            report: None,
-            punch_next: Vec::new(),
-            punch_last_frees: false,
-            shared: false,
-            unkicked: 0,
-            memo_vol: None,
-            memo_root: None,
-            extents: extents::Extents::default(),
-        };
-        pool.commit()?;
-        Ok(pool)
-    }
-
-    /// Open a pool on arbitrary devices.
-    pub fn open_on(
-        meta: Arc<dyn BlockDev>,
-        data: Arc<dyn BlockDev>,
-        opts: &OpenOptions,
-    ) -> Result<Pool> {
-        let (tm, report) = Tm::open_at(meta, opts.cache_blocks, opts.read_only, opts.at_seq)?;
-        refuse_silent_rewind(&report, opts)?;
-        let ([details_root, top_root], [next_id, time]) = tm.user_state();
-        let block_size = tm.label.data_block_size;
-        let mut pool = Pool {
-            dir: PathBuf::new(),
-            tm,
-            data,
-            _lock: None,
-            block_size,
-            details_root,
-            top_root,
-            next_id,
-            time,
-            data_dirty: false,
-            data_writes: 0,
-            report: Some(report),
-            punch_next: Vec::new(),
-            punch_last_frees: !opts.read_only,
-            shared: false,
-            unkicked: 0,
-            memo_vol: None,
-            memo_root: None,
-            extents: extents::Extents::default(),
-        };
-        pool.record_rewind()?;
-        Ok(pool)
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -548,10 +241,10 @@ impl Pool {
     }
     /// Sequence number of the last durable commit.
     pub fn seq(&self) -> u64 {
-        self.tm.last.seq
+        self.tm.last_record().seq
     }
     pub fn is_read_only(&self) -> bool {
-        self.tm.read_only
+        self.tm.is_read_only()
     }
 
     /// Make everything done so far durable (data sync, then the metadata commit protocol).
@@ -631,17 +324,11 @@ impl Pool {
         } else {
             Vec::new()
         };
-        self.tm.commit(
-            [self.details_root, self.top_root],
-            [self.next_id, self.time],
-        )?;
+        self.tm.commit(self.user_state().into())?;
         // Blocks freed in the previous transaction leave the protected window (S, S-1) with
         // this commit and nothing can have reused them yet: punch them now, so the data file
         // stays sparse without ever zeroing a block an older record still maps.
-        let mut leaving = std::mem::replace(
-            &mut self.punch_next,
-            std::mem::take(&mut self.tm.data_freed),
-        );
+        let mut leaving = std::mem::replace(&mut self.punch_next, self.tm.take_data_freed());
         leaving.extend(last_frees);
         for b in leaving {
             if self.tm.data_count(crate::meta::DataBlock(b))? == 0 {
@@ -658,14 +345,26 @@ impl Pool {
         self.extents.punched(self.block_size, b);
     }
 
+    fn user_state(&self) -> UserState {
+        UserState {
+            details_root: self.details_root,
+            top_root: self.top_root,
+            next_id: self.next_id,
+            time: self.time,
+        }
+    }
+
+    fn set_user_state(&mut self, u: UserState) {
+        self.set_details_root(u.details_root);
+        self.set_top_root(u.top_root);
+        self.next_id = u.next_id;
+        self.time = u.time;
+    }
+
     /// Abort the transaction in progress after a failed operation: back to the last commit.
     pub(crate) fn abort(&mut self) {
         self.tm.abort();
-        let ([d, t], [n, time]) = self.tm.user_state();
-        self.set_details_root(d);
-        self.set_top_root(t);
-        self.next_id = n;
-        self.time = time;
+        self.set_user_state(self.tm.user_state().into());
     }
 
     /// Run a management operation as one transaction: committed on success, rolled back
@@ -687,9 +386,10 @@ impl Pool {
         }
     }
 
+    /// Single-threaded requests only (`SharedPool` commits only with every data request
+    /// drained, see shared.rs, and calls the `_tx` steps that never get here).
     pub(crate) fn maybe_auto_commit(&mut self) -> Result<()> {
-        // A shared pool commits only with every data request drained (see shared.rs).
-        if !self.shared && self.tm.bm.dirty_count() > AUTO_COMMIT_DIRTY {
+        if self.tm.dirty_blocks() > AUTO_COMMIT_DIRTY {
             self.commit()?;
         }
         Ok(())
@@ -699,13 +399,10 @@ impl Pool {
     /// `WRITEBACK_KICK` bytes of them, start writeback of the whole data file (advisory:
     /// an error changes nothing), so the commit's fdatasync finds little left. One call
     /// over the file lets the kernel submit every dirty page in one batched pass; a call
-    /// per block cost a device submission each, and was half of a first write's time. A
-    /// shared pool leaves this to the server's writeback thread (`SharedPool::writeback`),
-    /// off the request path.
+    /// per block cost a device submission each, and was half of a first write's time.
+    /// Single-threaded writes only: a shared pool leaves this to the server's writeback
+    /// thread (`SharedPool::writeback`), off the request path.
     pub(crate) fn note_new_data(&mut self, bytes: u64) {
-        if self.shared {
-            return;
-        }
         self.unkicked += bytes;
         if self.unkicked >= WRITEBACK_KICK {
             self.unkicked = 0;
@@ -728,23 +425,23 @@ impl Pool {
     pub fn info(&mut self) -> Result<PoolInfo> {
         let volumes = self.tm.btree_count(self.details_root, DETAILS)?;
         Ok(PoolInfo {
-            uuid: format_uuid(&self.tm.label.uuid),
-            format_version: self.tm.label.version,
+            uuid: format_uuid(&self.tm.label().uuid),
+            format_version: self.tm.label().version,
             block_size: self.block_size,
-            data_blocks_total: self.tm.dsm.nr_blocks,
-            data_blocks_used: self.tm.dsm.nr_allocated,
-            metadata_blocks_total: self.tm.msm.nr_blocks,
+            data_blocks_total: self.tm.data_space().total,
+            data_blocks_used: self.tm.data_space().allocated,
+            metadata_blocks_total: self.tm.meta_space().total,
             metadata_blocks_used: self.tm.meta_used()?,
-            seq: self.tm.last.seq,
+            seq: self.tm.last_record().seq,
             volumes,
-            read_only: self.tm.read_only,
+            read_only: self.tm.is_read_only(),
         })
     }
 
     /// Grow the data space to `size` bytes (shrinking a pool is not supported).
     pub fn grow(&mut self, size: u64) -> Result<()> {
         let blocks = size / self.block_size;
-        let cur = self.tm.dsm.nr_blocks;
+        let cur = self.tm.data_space().total;
         if blocks < cur {
             return Err(PoolError::InvalidSize(format!(
                 "new size {size} is smaller than the pool ({} bytes); pools only grow",
@@ -772,7 +469,7 @@ impl Pool {
     /// Test-only switch: commit with the record written before the new metadata is synced.
     #[doc(hidden)]
     pub fn set_broken_commit_order(&mut self, on: bool) {
-        self.tm.broken_commit_order = on;
+        self.tm.set_broken_commit_order(on);
     }
 
     /// Current length of the data device in bytes.
@@ -782,11 +479,11 @@ impl Pool {
 
     /// The metadata device (the checker reads it directly).
     pub fn metadata_dev(&self) -> Arc<dyn BlockDev> {
-        self.tm.bm.dev().clone()
+        self.tm.metadata_dev().clone()
     }
 
     /// Metadata cache statistics.
     pub fn cache_stats(&self) -> crate::meta::cache::CacheStats {
-        self.tm.bm.stats
+        self.tm.cache_stats()
     }
 }

@@ -28,10 +28,10 @@
 //!   covers every caller waiting when it starts; one commit at a time.
 
 use super::data::{read_data, write_data};
-use super::details::Access;
 use super::sync::{
     Condvar, Instant, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, SeededBug,
 };
+use super::write::zero_chunks;
 use super::{Pool, PoolError, Result, VolumeId};
 use crate::io::BlockDev;
 use crate::meta::MetaError;
@@ -91,8 +91,7 @@ impl Drop for RangeGuard<'_> {
 }
 
 impl SharedPool {
-    pub fn new(mut pool: Pool) -> SharedPool {
-        pool.shared = true;
+    pub fn new(pool: Pool) -> SharedPool {
         SharedPool {
             data: pool.data.clone(),
             block_size: pool.block_size(),
@@ -129,9 +128,7 @@ impl SharedPool {
 
     /// Back to a single-threaded pool.
     pub fn into_inner(self) -> Result<Pool> {
-        let mut p = self.meta.into_inner().map_err(|_| PoolError::Poisoned)?;
-        p.shared = false;
-        Ok(p)
+        self.meta.into_inner().map_err(|_| PoolError::Poisoned)
     }
 
     pub fn block_size(&self) -> u64 {
@@ -176,6 +173,10 @@ impl SharedPool {
         read_data(self.data.as_ref(), self.block_size, offset, buf, &maps)
     }
 
+    /// Write `data` at `offset`: plan under the metadata lock, data I/O outside it, finish
+    /// under it again (see the module header). Never commits; out of space, it retries once
+    /// with every request drained (`Pool::write_tx`, which commits to release protected
+    /// blocks).
     pub fn write(&self, id: VolumeId, offset: u64, data: &[u8]) -> Result<()> {
         {
             let _g = self.shared()?;
@@ -187,12 +188,10 @@ impl SharedPool {
             let _r = self.lock_range(id, lo, hi);
             let plan = {
                 let mut p = self.lock()?;
-                let d = p.resolve(id, offset, data.len() as u64, Access::Write)?;
-                if data.is_empty() {
+                let Some(v) = p.check_write(id, offset, data.len() as u64)? else {
                     return Ok(());
-                }
-                p.tm.check_writable()?;
-                p.plan_write(id, d.snap_time, offset, data.len() as u64)
+                };
+                p.plan_write(id, v.snap_time, offset, data.len() as u64)
             };
             match plan {
                 Ok(plan) => {
@@ -222,37 +221,31 @@ impl SharedPool {
                 Err(e) => return Err(e),
             }
         }
-        // Out of space: blocks freed by the last commits are protected until two more
-        // commits; with every request drained, the single-threaded path commits and retries
-        // (and fails with ENOSPC, changing nothing, if that does not help).
-        let mut ex = self.exclusive()?;
-        ex.pool.shared = false;
-        let r = ex.pool.write(id, offset, data);
-        ex.pool.shared = true;
-        r
+        // Out of space: with every request drained, the single-threaded step retries (and
+        // fails with ENOSPC, changing nothing, if two commits do not help).
+        self.exclusive()?
+            .pool
+            .write_tx(id, offset, data)
+            .map(|_| ())
     }
 
     pub fn discard(&self, id: VolumeId, offset: u64, len: u64) -> Result<()> {
         let _g = self.shared()?;
         let bs = self.block_size;
         let _r = self.lock_range(id, offset / bs, (offset + len.max(1) - 1) / bs + 1);
-        self.lock()?.discard(id, offset, len)
+        self.lock()?.discard_tx(id, offset, len)
     }
 
     pub fn write_zeroes(&self, id: VolumeId, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         if may_unmap {
             return self.discard(id, offset, len);
         }
-        self.lock()?.resolve(id, offset, len, Access::Write)?;
-        let chunk = (4u64 << 20).max(self.block_size);
-        let zeros = vec![0u8; chunk as usize];
-        let mut pos = offset;
-        while pos < offset + len {
-            let n = chunk.min(offset + len - pos);
-            self.write(id, pos, &zeros[..n as usize])?;
-            pos += n;
+        if self.lock()?.check_write(id, offset, len)?.is_none() {
+            return Ok(());
         }
-        Ok(())
+        zero_chunks(self.block_size, offset, len, |pos, z| {
+            self.write(id, pos, z)
+        })
     }
 
     /// Make every data request completed before this call durable (FLUSH semantics). Joins

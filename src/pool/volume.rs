@@ -193,7 +193,7 @@ impl Pool {
                 snap_time: p.time as u32,
                 read_only,
                 origin: NO_ORIGIN,
-                created_seq: p.tm.gen,
+                created_seq: p.tm.generation(),
                 name: name.to_string(),
             };
             p.put_details(id, &d)?;
@@ -223,7 +223,7 @@ impl Pool {
                 snap_time: p.time as u32,
                 read_only,
                 origin: sid,
-                created_seq: p.tm.gen,
+                created_seq: p.tm.generation(),
                 name: new.to_string(),
             };
             p.put_details(id, &d)?;

@@ -104,3 +104,11 @@ fn check_depth(depth: usize, at: MetaBlock) -> Result<()> {
     }
     Ok(())
 }
+
+/// An upper bound of the nodes an update of `k` sorted keys allocates in a tree of height
+/// `h`: at most k / 80 + 2 nodes per level are touched (a node at least half full holds more
+/// than 80 keys), on h + 1 levels plus one for a new root, and each touched node may be
+/// shadowed (one new block) and split (one more).
+pub fn update_bound(k: u64, h: u64) -> u64 {
+    (h + 2) * 2 * (k / 80 + 2)
+}

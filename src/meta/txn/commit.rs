@@ -11,7 +11,8 @@ use super::Tm;
 impl Tm {
     /// Commit the transaction (the caller has already synced the data device). Returns the
     /// new record.
-    pub fn commit(&mut self, user_roots: [BlockRef; 2], counters: [u64; 2]) -> Result<Record> {
+    pub fn commit(&mut self, user: super::UserRoots) -> Result<Record> {
+        let (user_roots, counters) = (user.roots, user.counters);
         self.check_writable()?;
         // (1) Apply metadata reference-count deltas until nothing is left pending.
         self.applying = true;

@@ -28,14 +28,14 @@ use std::collections::BTreeMap;
 const META_RESERVE: u64 = 48;
 
 pub struct Tm {
-    pub bm: BlockManager,
-    pub label: Label,
+    bm: BlockManager,
+    label: Label,
     /// Generation (= seq it will commit as) of the transaction in progress.
-    pub gen: u64,
+    gen: u64,
     /// The last durable record.
-    pub last: Record,
-    pub msm: SpaceMap,
-    pub dsm: SpaceMap,
+    last: Record,
+    msm: SpaceMap,
+    dsm: SpaceMap,
     shadowed: IntSet<u64>,
     pending: BTreeMap<u64, i64>,
     /// Sum of the positive deltas in `pending` (this transaction's allocations), kept up to
@@ -44,10 +44,10 @@ pub struct Tm {
     bump: Option<u64>,
     applying: bool,
     /// Data blocks whose count reached zero in this transaction (punched after commit).
-    pub data_freed: Vec<u64>,
+    data_freed: Vec<u64>,
     page_memo: IntMap<(u8, u64), BlockRef>,
     prot_memo: IntMap<(u8, u8, u64), Option<BlockRef>>,
-    pub read_only: bool,
+    read_only: bool,
     /// Metadata blocks the last commit freed (zero in S, not in S-1): free by the space map
     /// but protected from reuse until the next commit, so not available to allocate.
     meta_freed_last: u64,
@@ -55,7 +55,7 @@ pub struct Tm {
     meta_freed_now: u64,
     failed: Option<String>,
     /// Test-only fault switch: write the record before syncing the new metadata blocks.
-    pub broken_commit_order: bool,
+    broken_commit_order: bool,
 }
 
 impl Tm {
@@ -129,14 +129,85 @@ impl Tm {
     }
 
     /// The user roots and counters of the last durable record.
-    pub fn user_state(&self) -> ([BlockRef; 2], [u64; 2]) {
-        (
-            [
+    pub fn user_state(&self) -> UserRoots {
+        UserRoots {
+            roots: [
                 self.last.root(RootId::User0).r,
                 self.last.root(RootId::User1).r,
             ],
-            self.last.counters,
-        )
+            counters: self.last.counters,
+        }
+    }
+
+    // ----- read-only views -----------------------------------------------------------------
+
+    /// Generation (= the seq it will commit as) of the transaction in progress.
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+    /// The last durable record.
+    pub fn last_record(&self) -> &Record {
+        &self.last
+    }
+    pub fn label(&self) -> &Label {
+        &self.label
+    }
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    /// Size and use of the data space map.
+    pub fn data_space(&self) -> SpaceUse {
+        SpaceUse::of(&self.dsm)
+    }
+    /// Size and use of the metadata space map (as of the last commit).
+    pub fn meta_space(&self) -> SpaceUse {
+        SpaceUse::of(&self.msm)
+    }
+    /// Dirty metadata blocks the transaction holds in memory.
+    pub fn dirty_blocks(&self) -> usize {
+        self.bm.dirty_count()
+    }
+    pub fn metadata_dev(&self) -> &std::sync::Arc<dyn crate::io::BlockDev> {
+        self.bm.dev()
+    }
+    pub fn cache_stats(&self) -> super::cache::CacheStats {
+        self.bm.stats
+    }
+    /// Data blocks whose count reached zero in this transaction, handed over once (the
+    /// caller punches them after the commit).
+    pub fn take_data_freed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.data_freed)
+    }
+    /// Test-only fault switch: write the record before syncing the new metadata blocks.
+    pub fn set_broken_commit_order(&mut self, on: bool) {
+        self.broken_commit_order = on;
+    }
+}
+
+/// What the user of the transaction manager keeps in each record: two tree roots and two
+/// counters, opaque here (the pool names them, see `pool::UserState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRoots {
+    pub roots: [BlockRef; 2],
+    pub counters: [u64; 2],
+}
+
+/// A space map's size and the blocks in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceUse {
+    pub total: u64,
+    pub allocated: u64,
+}
+
+impl SpaceUse {
+    fn of(sm: &SpaceMap) -> SpaceUse {
+        SpaceUse {
+            total: sm.nr_blocks,
+            allocated: sm.nr_allocated,
+        }
+    }
+    pub fn free(&self) -> u64 {
+        self.total.saturating_sub(self.allocated)
     }
 }
 

@@ -79,7 +79,7 @@ impl Tm {
     ) -> Result<Tm> {
         let meta_blocks = label.meta_blocks;
         dev.ensure_len(meta_blocks * BLOCK_SIZE as u64)
-            .map_err(|e| MetaError::io("size metadata device", MetaBlock(0), e))?;
+            .map_err(|e| MetaError::io_device("size metadata device", e))?;
         let mut bm = BlockManager::new(dev, label.uuid, meta_blocks, cache_blocks);
         let mut lbuf = label.encode();
         bm.write_direct(MetaBlock(0), &mut lbuf)?;

@@ -7,7 +7,7 @@
 //! counts are written at once. Freed data blocks are collected for the pool to punch.
 
 use super::super::block::{self, BlockType};
-use super::super::btree::Btree;
+use super::super::btree::{update_bound, Btree};
 use super::super::journal::{decode_ref, encode_ref, BlockRef};
 use super::super::spacemap::{self, SmKind, ENTRIES_PER_PAGE, SM_INDEX, SM_OVERFLOW};
 use super::super::{DataBlock, MetaBlock, MetaError, Result, BLOCK_SIZE};
@@ -93,13 +93,10 @@ impl Tm {
             return Ok(0);
         }
         if b >= self.sm(k).nr_blocks {
-            return Err(MetaError::corrupt(
-                MetaBlock(0),
-                format!(
-                    "{k:?} block {b} is beyond the space map ({} blocks)",
-                    self.sm(k).nr_blocks
-                ),
-            ));
+            return Err(MetaError::inconsistent(format!(
+                "{k:?} block {b} is beyond the space map ({} blocks)",
+                self.sm(k).nr_blocks
+            )));
         }
         let pr = self.page_ref(k, b / ENTRIES_PER_PAGE)?;
         let page = self.read_page_ref(pr)?;
@@ -143,15 +140,35 @@ impl Tm {
             self.page_memo.insert((sm_tag(k), pi), nr);
             nr
         };
+        let allocated = self.sm(k).nr_allocated;
         let page = self.bm.get_mut(pr.block, BlockType::Bitmap)?;
         let old2 = spacemap::page_get(page, idx);
         let new2 = count.min(3) as u8;
-        spacemap::page_set(page, idx, new2);
         let nf = spacemap::page_nr_free(page);
-        if old2 == 0 && new2 != 0 {
+        // A page whose free count disagrees with its entries, or a map that would count
+        // fewer than zero blocks allocated (damage under a valid checksum), is corruption
+        // to report before anything changes, not a counter to wrap.
+        let bad = |what: &str| {
+            MetaError::corrupt(
+                pr.block,
+                format!("{k:?} space-map page {pi}, block {b}: {what}"),
+            )
+        };
+        let taking = old2 == 0 && new2 != 0;
+        let freeing = old2 != 0 && new2 == 0;
+        if taking && nf == 0 {
+            return Err(bad("free count 0 but a free entry"));
+        }
+        if freeing && (u64::from(nf) >= ENTRIES_PER_PAGE || allocated == 0) {
+            return Err(bad(
+                "an entry in use but the counts say every block is free",
+            ));
+        }
+        spacemap::page_set(page, idx, new2);
+        if taking {
             spacemap::set_page_nr_free(page, nf - 1);
             self.sm_mut(k).nr_allocated += 1;
-        } else if old2 != 0 && new2 == 0 {
+        } else if freeing {
             spacemap::set_page_nr_free(page, nf + 1);
             self.sm_mut(k).nr_allocated -= 1;
             if k == SmKind::Meta {
@@ -303,10 +320,9 @@ impl Tm {
     pub fn data_dec(&mut self, b: DataBlock) -> Result<()> {
         let c = self.sm_count(SmKind::Data, b.0)?;
         if c == 0 {
-            return Err(MetaError::corrupt(
-                MetaBlock(0),
-                format!("releasing {b}, which has no references"),
-            ));
+            return Err(MetaError::inconsistent(format!(
+                "releasing {b}, which has no references"
+            )));
         }
         self.sm_set(SmKind::Data, b.0, c - 1)?;
         if c == 1 {
@@ -325,6 +341,54 @@ impl Tm {
                 Ok(Some(DataBlock(b)))
             }
         }
+    }
+
+    /// Allocate `n` data blocks (count 1 each), all or nothing: when fewer are free now
+    /// (some may be protected, freed by one of the last two commits) none stays allocated
+    /// and the error is `NoDataSpace`.
+    pub fn alloc_data_blocks(&mut self, n: usize) -> Result<Vec<DataBlock>> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match self.alloc_data() {
+                Ok(Some(b)) => got.push(b),
+                other => {
+                    for b in got {
+                        self.data_dec(b)?;
+                    }
+                    other?;
+                    return Err(MetaError::NoDataSpace);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Whether `n` more data blocks can be allocated now, changing nothing: false when some
+    /// of the free ones are protected until two more commits (or the pool lacks them).
+    pub fn data_room(&mut self, n: u64) -> Result<bool> {
+        match self.alloc_data_blocks(n as usize) {
+            Ok(got) => {
+                for b in got {
+                    self.data_dec(b)?;
+                }
+                Ok(true)
+            }
+            Err(MetaError::NoDataSpace) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An upper bound of the metadata blocks that releasing `cows` replaced data blocks
+    /// takes: their space-map pages, the index above them, and the overflow tree for counts
+    /// of three or more (see `btree::update_bound`).
+    pub fn data_release_bound(&mut self, cows: u64) -> Result<u64> {
+        if cows == 0 {
+            return Ok(0);
+        }
+        let pages = cows.min(self.dsm.nr_pages());
+        let h_index = self.btree_height(self.dsm.roots.index, SM_INDEX)?;
+        let h_over = self.btree_height(self.dsm.roots.overflow, SM_OVERFLOW)?;
+        Ok(pages + update_bound(pages, h_index) + update_bound(cows, h_over))
     }
 
     /// Data blocks the last commit freed: count zero in S, not zero in S-1 (empty when the
@@ -454,5 +518,71 @@ impl Tm {
         self.sm_mut(k).roots.index = root;
         self.page_memo.insert((sm_tag(k), pi), r);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod damaged_count_tests {
+    use super::super::Tm;
+    use crate::io::MemDev;
+    use crate::meta::label::{Label, FORMAT_VERSION};
+    use crate::meta::spacemap::{self, SmKind};
+    use crate::meta::{DataBlock, MetaError};
+    use std::sync::Arc;
+
+    fn tm() -> Tm {
+        let label = Label {
+            uuid: [7; 16],
+            version: FORMAT_VERSION,
+            data_block_size: 65536,
+            ring_slots: 64,
+            meta_blocks: 2048,
+            created: 0,
+        };
+        let dev = Arc::new(MemDev::new(2048 * 4096).unwrap());
+        Tm::create(dev, label, 1000, 256).unwrap()
+    }
+
+    /// Overwrite the free count of data space-map page 0 in the transaction's copy.
+    fn set_free_count(tm: &mut Tm, nf: u32) {
+        // A count change shadows the page into this transaction; then damage that copy.
+        let b = tm.alloc_data().unwrap().unwrap();
+        tm.data_dec(b).unwrap();
+        let pr = tm.page_ref(SmKind::Data, 0).unwrap();
+        let page = tm
+            .bm
+            .get_mut(pr.block, crate::meta::block::BlockType::Bitmap)
+            .unwrap();
+        spacemap::set_page_nr_free(page, nf);
+    }
+
+    #[test]
+    fn a_page_counting_no_free_entry_is_corruption_not_a_wrap() {
+        let mut tm = tm();
+        set_free_count(&mut tm, 0);
+        let before = tm.data_space().allocated;
+        let e = tm.data_inc(DataBlock(5)).unwrap_err();
+        assert!(
+            matches!(e, MetaError::Corrupt { block: Some(_), .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("free count 0"), "{e}");
+        assert_eq!(tm.data_space().allocated, before, "nothing counted");
+        assert_eq!(tm.data_count(DataBlock(5)).unwrap(), 0, "entry unchanged");
+    }
+
+    #[test]
+    fn a_page_counting_everything_free_cannot_free_more() {
+        let mut tm = tm();
+        tm.data_inc(DataBlock(9)).unwrap();
+        let pr = tm.page_ref(SmKind::Data, 0).unwrap();
+        let page = tm
+            .bm
+            .get_mut(pr.block, crate::meta::block::BlockType::Bitmap)
+            .unwrap();
+        spacemap::set_page_nr_free(page, spacemap::ENTRIES_PER_PAGE as u32);
+        let e = tm.data_dec(DataBlock(9)).unwrap_err();
+        assert!(matches!(e, MetaError::Corrupt { .. }), "{e}");
+        assert_eq!(tm.data_count(DataBlock(9)).unwrap(), 1, "entry unchanged");
     }
 }

@@ -1,0 +1,314 @@
+//! One request against the pool: validation (flags, range, read-only, sizes) before it
+//! touches the pool, execution, and its reply — simple or structured, a read built whole or
+//! handed to a sink a piece at a time, block status from the volume's mappings. Knows nothing
+//! of connections or threads (`transmission` does).
+
+use super::handshake::Session;
+use super::proto::*;
+use super::shared::Shared;
+use crate::pool::{PoolError, SharedPool};
+use std::io;
+
+/// Reads longer than this are read and sent in pieces of this size.
+pub(super) const STREAM_PIECE: usize = 1 << 20;
+/// Most mappings looked at for one BLOCK_STATUS reply (the reply may cover less).
+const STATUS_LIMIT: usize = 65536;
+
+/// An error reply in whichever form the session uses.
+pub(super) fn error_reply(sess: &Session, handle: u64, error: u32, msg: &str) -> Vec<u8> {
+    if sess.structured {
+        error_chunk(handle, error, msg)
+    } else {
+        let mut out = vec![0u8; SIMPLE_REPLY_SIZE];
+        simple_reply(&mut out, error, handle);
+        out
+    }
+}
+
+fn ok_reply(handle: u64) -> Vec<u8> {
+    let mut out = vec![0u8; SIMPLE_REPLY_SIZE];
+    simple_reply(&mut out, 0, handle);
+    out
+}
+
+fn pool_error(sess: &Session, handle: u64, e: &PoolError) -> Vec<u8> {
+    error_reply(sess, handle, nbd_errno(e.errno()), &e.to_string())
+}
+
+/// Validate and run one request; returns the complete reply.
+pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &[u8]) -> Vec<u8> {
+    if let Some(refusal) = invalid(sess, req) {
+        return refusal;
+    }
+    let h = req.handle;
+    let e = &sess.export;
+    let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    let pool = shared.pool();
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let (off, len) = (req.offset, req.length as u64);
+    let res = match req.kind {
+        // Built whole: with no sink, `read` never fails.
+        CMD_READ => {
+            return read(pool, sess, req, None)
+                .unwrap_or_else(|_| error_reply(sess, h, EIO, "internal error in thinpool serve"))
+        }
+        CMD_BLOCK_STATUS => return block_status(pool, sess, req),
+        CMD_WRITE => pool.write(e.id, off, payload),
+        CMD_TRIM => pool.discard(e.id, off, len),
+        CMD_WRITE_ZEROES => {
+            let may_unmap = req.flags & CMD_FLAG_NO_HOLE == 0;
+            pool.write_zeroes(e.id, off, len, may_unmap)
+        }
+        _ => Ok(()), // FLUSH: the commit below
+    };
+    // FLUSH and FUA are acknowledged only once the commit protocol made the data durable.
+    let res = res.and_then(|_| {
+        if req.kind == CMD_FLUSH || (writes && fua) {
+            pool.commit()
+        } else {
+            Ok(())
+        }
+    });
+    match res {
+        Ok(()) => ok_reply(h),
+        Err(err) => pool_error(sess, h, &err),
+    }
+}
+
+/// The error reply a request gets before it touches the pool, if it is not valid.
+pub(super) fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
+    let h = req.handle;
+    let e = &sess.export;
+    let allowed = match req.kind {
+        CMD_READ if sess.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+        k => {
+            return Some(error_reply(
+                sess,
+                h,
+                EINVAL,
+                &format!("unknown command {k}"),
+            ))
+        }
+    };
+    if req.flags & !allowed != 0 {
+        let msg = format!(
+            "flags {:#x} are not valid for command {}",
+            req.flags, req.kind
+        );
+        return Some(error_reply(sess, h, EINVAL, &msg));
+    }
+    let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    if writes && e.read_only {
+        let msg = format!("export '{}' is read-only", e.name);
+        return Some(error_reply(sess, h, EPERM, &msg));
+    }
+    if req.kind != CMD_FLUSH {
+        let in_range = req
+            .offset
+            .checked_add(req.length as u64)
+            .is_some_and(|end| end <= e.size);
+        if !in_range {
+            let msg = format!(
+                "range {}+{} is outside export '{}' ({} bytes)",
+                req.offset, req.length, e.name, e.size
+            );
+            // The spec asks for ENOSPC on writes past the end, EINVAL otherwise.
+            let code = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
+                ENOSPC
+            } else {
+                EINVAL
+            };
+            return Some(error_reply(sess, h, code, &msg));
+        }
+    }
+    if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
+        let msg = format!("read of {} bytes exceeds the 32 MiB maximum", req.length);
+        return Some(error_reply(sess, h, EINVAL, &msg));
+    }
+    if req.kind == CMD_BLOCK_STATUS && !sess.allocation_context {
+        return Some(error_reply(
+            sess,
+            h,
+            EINVAL,
+            "no metadata context was negotiated",
+        ));
+    }
+    if req.kind == CMD_BLOCK_STATUS && req.length == 0 {
+        return Some(error_reply(
+            sess,
+            h,
+            EINVAL,
+            "block status of an empty range",
+        ));
+    }
+    None
+}
+
+/// Where the pieces of a read reply go as they are read: `None` builds the reply whole
+/// (returned), a sink sends every piece but the last (returned) as soon as it is read.
+pub(super) type Sink<'a> = Option<&'a mut dyn FnMut(&[u8]) -> io::Result<()>>;
+
+/// The reply to a read, data read `STREAM_PIECE` at a time. An error before anything was
+/// handed to the sink is an error reply; after, a structured reply ends with an error
+/// chunk, and `Err` means the reply cannot be finished (a sink error, or a simple reply or
+/// an unfragmented (DF) chunk already under way): the connection must end.
+pub(super) fn read(
+    pool: &SharedPool,
+    sess: &Session,
+    req: &Request,
+    mut sink: Sink,
+) -> io::Result<Vec<u8>> {
+    let (h, id, off, len) = (req.handle, sess.export.id, req.offset, req.length as u64);
+    // Runs of mapped (data) and unmapped (hole) bytes; one data run when holes cannot be
+    // told (simple replies) or DF forbids them.
+    let fragment = sess.structured && req.flags & CMD_FLAG_DF == 0;
+    let runs = if len == 0 {
+        Vec::new()
+    } else if fragment {
+        match extents(pool, id, off, off + len, usize::MAX) {
+            Ok((r, _)) => r,
+            Err(e) => return Ok(pool_error(sess, h, &e)),
+        }
+    } else {
+        vec![(off, off + len, true)]
+    };
+    let whole = if sink.is_none() { len as usize } else { 0 };
+    let mut out = Vec::with_capacity(whole.max(STREAM_PIECE.min(len as usize)) + 64);
+    let mut sent = false;
+    if !sess.structured {
+        out.resize(SIMPLE_REPLY_SIZE, 0);
+        simple_reply(&mut out, 0, h);
+    } else if runs.is_empty() {
+        push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, h, &[]);
+    }
+    for (i, &(start, end, data)) in runs.iter().enumerate() {
+        let last_run = i + 1 == runs.len();
+        if !data {
+            let mut p = [0u8; 12];
+            p[..8].copy_from_slice(&start.to_be_bytes());
+            p[8..].copy_from_slice(&((end - start) as u32).to_be_bytes());
+            let flags = if last_run { REPLY_FLAG_DONE } else { 0 };
+            push_chunk(&mut out, flags, REPLY_TYPE_OFFSET_HOLE, h, &p);
+            continue;
+        }
+        let mut pos = start;
+        while pos < end {
+            let n = (end - pos).min(STREAM_PIECE as u64);
+            // Where this piece's bytes begin in `out`, and where its chunk header does.
+            let header_at = out.len();
+            if sess.structured && (fragment || pos == start) {
+                // A fragmented reply gives each piece a chunk; a DF reply has one chunk.
+                let chunk_end = if fragment { pos + n } else { end };
+                let flags = if last_run && chunk_end == end {
+                    REPLY_FLAG_DONE
+                } else {
+                    0
+                };
+                let mut hdr = [0u8; CHUNK_HEADER_SIZE + 8];
+                chunk_header(
+                    &mut hdr,
+                    flags,
+                    REPLY_TYPE_OFFSET_DATA,
+                    h,
+                    8 + (chunk_end - pos) as u32,
+                );
+                hdr[CHUNK_HEADER_SIZE..].copy_from_slice(&pos.to_be_bytes());
+                out.extend_from_slice(&hdr);
+            }
+            let at = out.len();
+            out.resize(at + n as usize, 0);
+            if let Err(e) = pool.read(id, pos, &mut out[at..]) {
+                if !sent {
+                    return Ok(pool_error(sess, h, &e));
+                }
+                if !fragment {
+                    return Err(io::Error::other(e.to_string()));
+                }
+                out.truncate(header_at);
+                out.extend_from_slice(&pool_error(sess, h, &e));
+                return Ok(out);
+            }
+            pos += n;
+            if let Some(sink) = sink.as_mut() {
+                if pos < end || !last_run {
+                    sink(&out)?;
+                    out.clear();
+                    sent = true;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A run of bytes `[start, end)` and whether it is mapped (data) or a hole.
+type Run = (u64, u64, bool);
+
+/// Split `[lo, hi)` of a volume into maximal runs `(start, end, mapped)`. Looks at no more
+/// than `limit` mappings; when it stops early the runs end at the last mapping seen and the
+/// second value is true.
+fn extents(
+    pool: &SharedPool,
+    id: u64,
+    lo: u64,
+    hi: u64,
+    limit: usize,
+) -> crate::pool::Result<(Vec<Run>, bool)> {
+    let bs = pool.block_size();
+    let maps = pool
+        .lock()?
+        .mappings(id, lo / bs, (hi - 1) / bs + 1, limit)?;
+    let truncated = maps.len() >= limit;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut push = |s: u64, e: u64, data: bool| match runs.last_mut() {
+        Some(last) if last.2 == data && last.1 == s => last.1 = e,
+        _ => runs.push((s, e, data)),
+    };
+    let mut pos = lo;
+    for (vb, _) in maps {
+        let s = (vb * bs).max(lo);
+        let e = ((vb + 1) * bs).min(hi);
+        if s >= e {
+            continue;
+        }
+        if s > pos {
+            push(pos, s, false);
+        }
+        push(s, e, true);
+        pos = e;
+    }
+    if !truncated && pos < hi {
+        push(pos, hi, false);
+    }
+    Ok((runs, truncated))
+}
+
+fn block_status(pool: &SharedPool, sess: &Session, req: &Request) -> Vec<u8> {
+    let (h, id) = (req.handle, sess.export.id);
+    let (lo, hi) = (req.offset, req.offset + req.length as u64);
+    let (mut runs, _) = match extents(pool, id, lo, hi, STATUS_LIMIT) {
+        Ok(r) => r,
+        Err(e) => return pool_error(sess, h, &e),
+    };
+    if runs.is_empty() {
+        // Cannot happen (a truncated walk found at least one mapping), but never send an
+        // empty reply: report the whole range as data, which is always safe.
+        runs.push((lo, hi, true));
+    }
+    if req.flags & CMD_FLAG_REQ_ONE != 0 {
+        runs.truncate(1);
+    }
+    let mut p = Vec::with_capacity(4 + runs.len() * 8);
+    p.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for (s, e, data) in runs {
+        p.extend_from_slice(&((e - s) as u32).to_be_bytes());
+        let status = if data { 0 } else { STATE_HOLE | STATE_ZERO };
+        p.extend_from_slice(&status.to_be_bytes());
+    }
+    let mut out = Vec::new();
+    push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, h, &p);
+    out
+}

@@ -1,0 +1,326 @@
+//! Making and opening pools: in a directory (`metadata` and `data` files, the pool lock) or
+//! on any pair of devices (tests, simulations). Every `Pool` value is built by
+//! `Pool::assemble`.
+
+use super::details::DETAILS;
+use super::trees::DEV_ROOTS;
+use super::{
+    default_metadata_size, extents, io_err, now, validate_block_size, CreateOptions, OpenOptions,
+    Pool, PoolError, Result, UserState, RING_SLOTS,
+};
+use crate::io::{BlockDev, FileDev};
+use crate::meta::btree::Btree;
+use crate::meta::label::{Label, FORMAT_VERSION};
+use crate::meta::txn::{OpenReport, Tm};
+use crate::meta::{MetaError, BLOCK_SIZE};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A read-write open of a pool whose newest commit is damaged needs the user's consent: the
+/// commit it falls back from was acknowledged (docs/format.md, "Open").
+fn refuse_silent_rewind(report: &OpenReport, opts: &OpenOptions) -> Result<()> {
+    if opts.read_only || opts.rewind || opts.at_seq.is_some() {
+        return Ok(());
+    }
+    if let Some(r) = report.rewound() {
+        return Err(PoolError::NeedsRewind(r));
+    }
+    Ok(())
+}
+
+fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
+    // A lock that a process released an instant ago can still be held by a child that some
+    // other thread forked in between (the descriptor is shared until the child execs), so a
+    // busy lock is retried for a moment before the pool is declared in use.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+    loop {
+        let locked =
+            crate::io::lock::try_lock(file, exclusive).map_err(|source| PoolError::Io {
+                path: path.to_path_buf(),
+                op: "flock",
+                source,
+            })?;
+        if locked {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(PoolError::InUse(path.to_path_buf()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn new_uuid() -> [u8; 16] {
+    use rand::RngCore;
+    let mut u = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut u);
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// What a `Pool::create` in progress has made: removed again if it fails (nothing was
+/// acknowledged, and a half-made pool would only make the retry fail with "exists").
+#[derive(Default)]
+struct PartialPool {
+    files: Vec<PathBuf>,
+    /// The directory, when `create` made it.
+    dir: Option<PathBuf>,
+}
+
+impl PartialPool {
+    fn keep(&mut self) {
+        self.files.clear();
+        self.dir = None;
+    }
+}
+
+impl Drop for PartialPool {
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+impl Pool {
+    /// The one constructor: a pool around an opened (`report` given) or just created
+    /// transaction manager, its user state as the last record holds it. No directory and no
+    /// lock yet (the callers that have them set them).
+    fn assemble(tm: Tm, data: Arc<dyn BlockDev>, report: Option<OpenReport>) -> Pool {
+        let user = UserState::from(tm.user_state());
+        let opened = report.is_some();
+        let punch_last_frees = opened && !tm.is_read_only();
+        Pool {
+            dir: PathBuf::new(),
+            block_size: tm.label().data_block_size,
+            tm,
+            data,
+            _lock: None,
+            details_root: user.details_root,
+            top_root: user.top_root,
+            next_id: user.next_id,
+            time: user.time,
+            // A new pool's first commit syncs its freshly sized data file too.
+            data_dirty: !opened,
+            data_writes: 0,
+            report,
+            punch_next: Vec::new(),
+            punch_last_frees,
+            unkicked: 0,
+            memo_vol: None,
+            memo_root: None,
+            extents: extents::Extents::default(),
+        }
+    }
+
+    /// A new pool on `meta` (labelled `label`) and `data`: the empty details and top-level
+    /// trees and the first volume id, not committed yet.
+    fn created(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        label: Label,
+        opts: &CreateOptions,
+    ) -> Result<Pool> {
+        let data_blocks = opts.size / opts.block_size;
+        let mut tm = Tm::create(meta, label, data_blocks, opts.cache_blocks)?;
+        let user = UserState {
+            details_root: tm.btree_empty(DETAILS)?,
+            top_root: tm.btree_empty(DEV_ROOTS)?,
+            next_id: 1,
+            time: 0,
+        };
+        let mut pool = Pool::assemble(tm, data, None);
+        pool.set_user_state(user);
+        Ok(pool)
+    }
+
+    /// Create a pool in directory `dir` (created with mode 0700 if missing; must be empty).
+    /// `metadata` and `data` are created 0600.
+    pub fn create(dir: &Path, opts: &CreateOptions) -> Result<Pool> {
+        validate_block_size(opts.block_size)?;
+        let data_blocks = opts.size / opts.block_size;
+        if data_blocks == 0 {
+            return Err(PoolError::InvalidSize(format!(
+                "pool size {} is smaller than one block ({})",
+                opts.size, opts.block_size
+            )));
+        }
+        if data_blocks >= 1 << 40 {
+            return Err(PoolError::InvalidSize(
+                "pool is larger than 2^40 data blocks".into(),
+            ));
+        }
+        let meta_size = opts
+            .metadata_size
+            .unwrap_or_else(|| default_metadata_size(data_blocks));
+        let meta_blocks = meta_size / BLOCK_SIZE as u64;
+        if meta_blocks < 1024 {
+            return Err(PoolError::InvalidSize(format!(
+                "metadata size {meta_size} is below the 4 MiB minimum"
+            )));
+        }
+        if meta_blocks > (16u64 << 30) / BLOCK_SIZE as u64 {
+            return Err(PoolError::InvalidSize(
+                "metadata size is above the 16 GiB maximum".into(),
+            ));
+        }
+        let mut partial = PartialPool::default();
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(PoolError::Exists(dir.to_path_buf()));
+            }
+            let non_empty = std::fs::read_dir(dir)
+                .map_err(io_err(dir, "read directory"))?
+                .next()
+                .is_some();
+            if non_empty {
+                return Err(PoolError::Exists(dir.to_path_buf()));
+            }
+        } else {
+            // Missing parents as `mkdir -p` makes them; the pool's own directory is private
+            // (0700), like its files. A directory the user made keeps its mode.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err(parent, "create directory"))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir, "create directory"))?;
+            partial.dir = Some(dir.to_path_buf());
+        }
+        let mpath = dir.join("metadata");
+        let dpath = dir.join("data");
+        let mdev = FileDev::create(&mpath).map_err(io_err(&mpath, "create"))?;
+        partial.files.push(mpath.clone());
+        let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
+        lock(&lockf, dir, true)?;
+        // Metadata takes its whole size on disk now: a commit must never fail because the
+        // filesystem filled up with data (only data writes may, and they fail cleanly).
+        mdev.preallocate(meta_blocks * BLOCK_SIZE as u64)
+            .map_err(io_err(&mpath, "reserve space for the metadata file"))?;
+        let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
+        partial.files.push(dpath.clone());
+        ddev.ensure_len(data_blocks * opts.block_size)
+            .map_err(io_err(&dpath, "size data file"))?;
+        let label = Label {
+            uuid: new_uuid(),
+            version: FORMAT_VERSION,
+            data_block_size: opts.block_size,
+            ring_slots: RING_SLOTS,
+            meta_blocks,
+            created: now(),
+        };
+        let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
+        let mut pool = Pool::created(mdev, Arc::new(ddev), label, opts)?;
+        pool.dir = dir.to_path_buf();
+        pool._lock = Some(lockf);
+        pool.commit()?;
+        // The files exist for good only once the directory entry is durable.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "sync directory"))?;
+        partial.keep();
+        Ok(pool)
+    }
+
+    /// Open an existing pool.
+    pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Pool> {
+        let mpath = dir.join("metadata");
+        let dpath = dir.join("data");
+        if !mpath.exists() {
+            return Err(PoolError::NotAPool(dir.to_path_buf()));
+        }
+        let writable = !opts.read_only;
+        if opts.at_seq.is_some() && writable {
+            return Err(PoolError::Meta(MetaError::ReadOnly(
+                "an older state can only be opened read-only".into(),
+            )));
+        }
+        let mdev = FileDev::open(&mpath, writable).map_err(io_err(&mpath, "open"))?;
+        let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
+        lock(&lockf, dir, writable)?;
+        let ddev = crate::io::open_data_dev(&dpath, writable, opts.direct, opts.engine)
+            .map_err(io_err(&dpath, "open"))?;
+        let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
+        let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        refuse_silent_rewind(&report, opts)?;
+        let block_size = tm.label().data_block_size;
+        let need = tm.data_space().total * block_size;
+        if ddev.len() < need {
+            // Mapped data past the end of the file would read as zeros: the file was
+            // truncated or replaced, and the pool does not open (dm-thin likewise refuses
+            // a data device smaller than its metadata says).
+            if let Some(b) = tm.highest_used_data_block(ddev.len() / block_size)? {
+                return Err(PoolError::DataTooShort {
+                    path: dpath,
+                    len: ddev.len(),
+                    block: b,
+                    need: (b + 1) * block_size,
+                });
+            }
+        }
+        if ddev.len() < need && writable {
+            // A sparse data file that lost its tail (e.g. copied without sparseness) is
+            // restored to its size; reads past the end were zeros anyway.
+            ddev.ensure_len(need)
+                .map_err(io_err(&dpath, "size data file"))?;
+        }
+        let mut pool = Pool::assemble(tm, ddev, Some(report));
+        pool.dir = dir.to_path_buf();
+        pool._lock = Some(lockf);
+        pool.record_rewind()?;
+        Ok(pool)
+    }
+
+    /// After an accepted rewind, commit at once: the next open then finds an intact newest
+    /// record and needs no consent again.
+    fn record_rewind(&mut self) -> Result<()> {
+        if !self.tm.is_read_only() && self.report.as_ref().is_some_and(|r| r.rewound().is_some()) {
+            self.force_commit()?;
+        }
+        Ok(())
+    }
+
+    /// A pool on arbitrary devices (in-memory tests, simulations). No directory, no lock.
+    pub fn create_on(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: &CreateOptions,
+    ) -> Result<Pool> {
+        validate_block_size(opts.block_size)?;
+        let data_blocks = opts.size / opts.block_size;
+        let meta_size = opts
+            .metadata_size
+            .unwrap_or_else(|| default_metadata_size(data_blocks));
+        let label = Label {
+            uuid: new_uuid(),
+            version: FORMAT_VERSION,
+            data_block_size: opts.block_size,
+            ring_slots: RING_SLOTS,
+            meta_blocks: meta_size / BLOCK_SIZE as u64,
+            created: now(),
+        };
+        let mut pool = Pool::created(meta, data, label, opts)?;
+        pool.commit()?;
+        Ok(pool)
+    }
+
+    /// Open a pool on arbitrary devices.
+    pub fn open_on(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: &OpenOptions,
+    ) -> Result<Pool> {
+        let (tm, report) = Tm::open_at(meta, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        refuse_silent_rewind(&report, opts)?;
+        let mut pool = Pool::assemble(tm, data, Some(report));
+        pool.record_rewind()?;
+        Ok(pool)
+    }
+}
