@@ -1,6 +1,6 @@
 //! rbd diff v1 streams applied with `import_diff` (the parser and applier `import-diff`
 //! uses), against a reference reading of the format (docs/format.md and the rules in
-//! `src/export/rbd.rs`): streams built from records, then possibly mutated or cut short.
+//! `src/export/rbd/`): streams built from records, then possibly mutated or cut short.
 //!
 //! "Silently wrong" here: an import that succeeds must leave the target (and the snapshot
 //! named by `t`) holding exactly what the reference applier computes, and report the bytes
