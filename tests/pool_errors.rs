@@ -218,7 +218,7 @@ fn unknown_volumes() {
     let mut m = mem_pool(64, None);
     let p = &mut m.pool;
     let a = p.create_volume("a", 8 * BS, false).unwrap();
-    let ghost = a + 100;
+    let ghost = thinpool::pool::VolumeId(a.0 + 100);
     let mut buf = [0u8; 8];
     assert!(matches!(
         p.read(ghost, 0, &mut buf),

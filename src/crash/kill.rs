@@ -11,7 +11,7 @@
 use super::oracle::{decode_sector, sector_content, Exists, Oracle, VolOracle, SECTOR};
 use crate::check;
 use crate::io::{BlockDev, FileDev};
-use crate::pool::{CreateOptions, OpenOptions, Pool};
+use crate::pool::{CreateOptions, OpenOptions, Pool, VolumeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::{BufRead, BufReader, Write};
@@ -247,7 +247,7 @@ fn verify_round(dir: &Path, oracle: &mut Oracle, rep: &mut KillReport) -> Result
 pub fn kill_child(dir: &Path, seed: u64, first_id: u64, ops: usize) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut p = Pool::open(dir, &OpenOptions::default()).map_err(|e| e.to_string())?;
-    let ids: Vec<u64> = (0..VOLUMES)
+    let ids: Vec<VolumeId> = (0..VOLUMES)
         .map(|i| p.volume_id(&vol_name(i)))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;

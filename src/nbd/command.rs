@@ -6,7 +6,7 @@
 use super::handshake::Session;
 use super::proto::*;
 use super::shared::Shared;
-use crate::pool::{PoolError, SharedPool};
+use crate::pool::{PoolError, SharedPool, VirtualBlock, VolumeId};
 use std::io;
 
 /// Reads longer than this are read and sent in pieces of this size.
@@ -252,7 +252,7 @@ type Run = (u64, u64, bool);
 /// second value is true.
 fn extents(
     pool: &SharedPool,
-    id: u64,
+    id: VolumeId,
     lo: u64,
     hi: u64,
     limit: usize,
@@ -269,8 +269,7 @@ fn extents(
     };
     let mut pos = lo;
     for (vb, _) in maps {
-        let s = (vb * bs).max(lo);
-        let e = ((vb + 1) * bs).min(hi);
+        let (s, e) = VirtualBlock(vb).clip(bs, lo, hi);
         if s >= e {
             continue;
         }

@@ -17,7 +17,7 @@
 
 use super::details::Access;
 use super::trees::{unpack_mapping, MAPPING};
-use super::{Pool, PoolError, Result, VolumeId};
+use super::{Pool, PoolError, Result, VirtualBlock, VolumeId};
 use crate::io::{BlockDev, IoOp};
 use crate::meta::btree::Btree;
 
@@ -38,7 +38,7 @@ pub(crate) struct WritePlan {
     pub id: VolumeId,
     pub offset: u64,
     pub len: u64,
-    pub targets: Vec<(u64, Target)>,
+    pub targets: Vec<(VirtualBlock, Target)>,
 }
 
 /// Fill `buf` (volume bytes from `offset`) from the data device, given the mappings of the
@@ -54,11 +54,15 @@ pub(crate) fn read_data(
     let mut runs = Runs::default();
     let mut filled = 0usize; // bytes of `buf` already decided (mapped or zero)
     for &(vb, pb) in maps {
-        let bstart = (vb * bs).max(offset);
-        let bend = ((vb + 1) * bs).min(end);
+        let vb = VirtualBlock(vb);
+        let (bstart, bend) = vb.clip(bs, offset, end);
         let dst = (bstart - offset) as usize;
         buf[filled..dst].fill(0);
-        runs.push(pb * bs + (bstart - vb * bs), dst, (bend - bstart) as usize);
+        runs.push(
+            pb * bs + (bstart - vb.start(bs)),
+            dst,
+            (bend - bstart) as usize,
+        );
         filled = (bend - offset) as usize;
     }
     buf[filled..].fill(0);
@@ -102,10 +106,9 @@ pub(crate) fn write_data(dev: &dyn BlockDev, bs: u64, plan: &WritePlan, data: &[
     let (offset, end) = (plan.offset, plan.offset + plan.len);
     let mut runs = Runs::default();
     let mut partial: Vec<(u64, Vec<u8>)> = Vec::new();
-    for (vb, t) in &plan.targets {
-        let bstart = (vb * bs).max(offset);
-        let bend = ((vb + 1) * bs).min(end);
-        let (ins, ine) = (bstart - vb * bs, bend - vb * bs);
+    for &(vb, ref t) in &plan.targets {
+        let (bstart, bend) = vb.clip(bs, offset, end);
+        let (ins, ine) = (bstart - vb.start(bs), bend - vb.start(bs));
         let src = (bstart - offset) as usize;
         let len = (bend - bstart) as usize;
         match *t {

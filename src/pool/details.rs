@@ -5,11 +5,24 @@
 //! `28..32` flags (bit 0 read-only); `32..40` origin volume id (`u64::MAX`: none);
 //! `40..48` seq of the commit that created it; `48` name length; `49..176` name (UTF-8).
 
+use super::VolumeId;
 use crate::meta::btree::{TreeKind, ValueRefs};
 
 pub const DETAILS_SIZE: usize = 176;
 pub const MAX_NAME: usize = 127;
-pub const NO_ORIGIN: u64 = u64::MAX;
+/// The origin field of a volume that is no snapshot (or whose origin was removed).
+const NO_ORIGIN: u64 = u64::MAX;
+
+// Byte offsets of the value's fields (the layout above).
+const SIZE: usize = 0;
+const MAPPED: usize = 8;
+const CREATED: usize = 16;
+const SNAP_TIME: usize = 24;
+const FLAGS: usize = 28;
+const ORIGIN: usize = 32;
+const CREATED_SEQ: usize = 40;
+const NAME_LEN: usize = 48;
+const NAME: usize = 49;
 
 /// The details tree: volume id -> [`Details`] (no references).
 pub const DETAILS: TreeKind = TreeKind {
@@ -28,7 +41,8 @@ pub struct Details {
     pub created: u64,
     pub snap_time: u32,
     pub read_only: bool,
-    pub origin: u64,
+    /// The volume this one is a snapshot of, while that one exists.
+    pub origin: Option<VolumeId>,
     pub created_seq: u64,
     pub name: String,
 }
@@ -36,24 +50,26 @@ pub struct Details {
 impl Details {
     pub fn encode(&self) -> [u8; DETAILS_SIZE] {
         let mut b = [0u8; DETAILS_SIZE];
-        b[0..8].copy_from_slice(&self.size.to_le_bytes());
-        b[8..16].copy_from_slice(&self.mapped.to_le_bytes());
-        b[16..24].copy_from_slice(&self.created.to_le_bytes());
-        b[24..28].copy_from_slice(&self.snap_time.to_le_bytes());
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(SIZE, &self.size.to_le_bytes());
+        put(MAPPED, &self.mapped.to_le_bytes());
+        put(CREATED, &self.created.to_le_bytes());
+        put(SNAP_TIME, &self.snap_time.to_le_bytes());
         let flags = if self.read_only { FLAG_READ_ONLY } else { 0 };
-        b[28..32].copy_from_slice(&flags.to_le_bytes());
-        b[32..40].copy_from_slice(&self.origin.to_le_bytes());
-        b[40..48].copy_from_slice(&self.created_seq.to_le_bytes());
+        put(FLAGS, &flags.to_le_bytes());
+        let origin = self.origin.map_or(NO_ORIGIN, |o| o.0);
+        put(ORIGIN, &origin.to_le_bytes());
+        put(CREATED_SEQ, &self.created_seq.to_le_bytes());
         let name = self.name.as_bytes();
-        b[48] = name.len() as u8;
-        b[49..49 + name.len()].copy_from_slice(name);
+        put(NAME_LEN, &[name.len() as u8]);
+        put(NAME, name);
         b
     }
 
     pub fn decode(b: &[u8]) -> Details {
-        let n = (b[48] as usize).min(MAX_NAME);
+        let n = (b[NAME_LEN] as usize).min(MAX_NAME);
         Details {
-            name: String::from_utf8_lossy(&b[49..49 + n]).into_owned(),
+            name: String::from_utf8_lossy(&b[NAME..NAME + n]).into_owned(),
             ..Details::decode_fixed(b)
         }
     }
@@ -63,13 +79,15 @@ impl Details {
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         Details {
-            size: u64_at(0),
-            mapped: u64_at(8),
-            created: u64_at(16),
-            snap_time: u32_at(24),
-            read_only: u32_at(28) & FLAG_READ_ONLY != 0,
-            origin: u64_at(32),
-            created_seq: u64_at(40),
+            size: u64_at(SIZE),
+            mapped: u64_at(MAPPED),
+            created: u64_at(CREATED),
+            snap_time: u32_at(SNAP_TIME),
+            read_only: u32_at(FLAGS) & FLAG_READ_ONLY != 0,
+            origin: Some(u64_at(ORIGIN))
+                .filter(|&o| o != NO_ORIGIN)
+                .map(VolumeId),
+            created_seq: u64_at(CREATED_SEQ),
             name: String::new(),
         }
     }
@@ -188,7 +206,7 @@ mod tests {
             created: 1_700_000_000,
             snap_time: 4,
             read_only: true,
-            origin: 3,
+            origin: Some(VolumeId(3)),
             created_seq: 99,
             name: "vm-disk.0".into(),
         };

@@ -37,8 +37,40 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Volume identifier (stable for the life of the volume).
-pub type VolumeId = u64;
+/// Volume identifier (stable for the life of the volume; the key of the details and
+/// top-level trees, dm-thin's `dev_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct VolumeId(pub u64);
+
+impl std::fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A block of a volume's virtual address space (byte offset / block size), the key of its
+/// mapping tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VirtualBlock(pub u64);
+
+impl VirtualBlock {
+    /// The block holding volume byte `offset`.
+    pub fn containing(offset: u64, block_size: u64) -> VirtualBlock {
+        VirtualBlock(offset / block_size)
+    }
+    /// Its first byte in the volume.
+    pub fn start(self, block_size: u64) -> u64 {
+        self.0 * block_size
+    }
+    /// The part of volume bytes `[lo, hi)` inside this block, as volume byte offsets.
+    pub fn clip(self, block_size: u64, lo: u64, hi: u64) -> (u64, u64) {
+        (
+            self.start(block_size).max(lo),
+            (self.start(block_size) + block_size).min(hi),
+        )
+    }
+}
 
 /// Default metadata cache: 8192 blocks (32 MiB).
 pub const DEFAULT_CACHE_BLOCKS: usize = 8192;

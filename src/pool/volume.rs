@@ -1,7 +1,7 @@
 //! Volume management: create, snapshot, remove, resize, rename, rollback, list.
 //! Each operation is one transaction, committed before it returns.
 
-use super::details::{validate_name, Access, Details, IoVolume, DETAILS, NO_ORIGIN};
+use super::details::{validate_name, Access, Details, IoVolume, DETAILS};
 use super::trees::{DEV_ROOTS, MAPPING};
 use super::{now, Pool, PoolError, Result, VolumeId};
 use crate::meta::btree::{Btree, Node};
@@ -30,7 +30,7 @@ impl Pool {
         let mut out = Vec::new();
         self.tm
             .btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
-                out.push((k, Details::decode(v)));
+                out.push((VolumeId(k), Details::decode(v)));
                 true
             })?;
         Ok(out)
@@ -43,7 +43,7 @@ impl Pool {
             .btree_walk(self.details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
                 let d = Details::decode(v);
                 if d.name == name {
-                    found = Some((k, d));
+                    found = Some((VolumeId(k), d));
                     false
                 } else {
                     true
@@ -60,14 +60,15 @@ impl Pool {
     pub fn details(&mut self, id: VolumeId) -> Result<Details> {
         let v = self
             .tm
-            .btree_lookup(self.details_root, DETAILS, id)?
+            .btree_lookup(self.details_root, DETAILS, id.0)?
             .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
         Ok(Details::decode(&v))
     }
 
     pub(crate) fn put_details(&mut self, id: VolumeId, d: &Details) -> Result<()> {
         let mut root = self.details_root;
-        self.tm.btree_insert(&mut root, DETAILS, id, &d.encode())?;
+        self.tm
+            .btree_insert(&mut root, DETAILS, id.0, &d.encode())?;
         self.set_details_root(root);
         Ok(())
     }
@@ -80,7 +81,7 @@ impl Pool {
         }
         let r = self
             .tm
-            .btree_lookup_with(self.top_root, DEV_ROOTS, id, decode_ref)?
+            .btree_lookup_with(self.top_root, DEV_ROOTS, id.0, decode_ref)?
             .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
         self.memo_root = Some((id, r));
         Ok(r)
@@ -114,7 +115,7 @@ impl Pool {
             _ => {
                 let v = self
                     .tm
-                    .btree_lookup_with(self.details_root, DETAILS, id, IoVolume::decode)?
+                    .btree_lookup_with(self.details_root, DETAILS, id.0, IoVolume::decode)?
                     .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
                 self.memo_vol = Some((id, v));
                 v
@@ -138,7 +139,7 @@ impl Pool {
         let mut top = self.top_root;
         let old = self
             .tm
-            .btree_insert(&mut top, DEV_ROOTS, id, &encode_ref(r))?;
+            .btree_insert(&mut top, DEV_ROOTS, id.0, &encode_ref(r))?;
         self.set_top_root(top);
         Ok(old)
     }
@@ -168,7 +169,7 @@ impl Pool {
         if self.next_id >= u64::MAX - 1 {
             return Err(PoolError::TooManyVolumes);
         }
-        let id = self.next_id;
+        let id = VolumeId(self.next_id);
         self.next_id += 1;
         Ok(id)
     }
@@ -192,7 +193,7 @@ impl Pool {
                 created: now(),
                 snap_time: p.time as u32,
                 read_only,
-                origin: NO_ORIGIN,
+                origin: None,
                 created_seq: p.tm.generation(),
                 name: name.to_string(),
             };
@@ -222,7 +223,7 @@ impl Pool {
                 created: now(),
                 snap_time: p.time as u32,
                 read_only,
-                origin: sid,
+                origin: Some(sid),
                 created_seq: p.tm.generation(),
                 name: new.to_string(),
             };
@@ -236,18 +237,18 @@ impl Pool {
         self.atomically(|p| {
             let (id, _) = p.find(name)?;
             let mut top = p.top_root;
-            let old = p.tm.btree_remove(&mut top, DEV_ROOTS, id)?;
+            let old = p.tm.btree_remove(&mut top, DEV_ROOTS, id.0)?;
             p.set_top_root(top);
             if let Some(v) = old {
                 p.tm.dec_value(DEV_ROOTS, &v)?;
             }
             let mut droot = p.details_root;
-            p.tm.btree_remove(&mut droot, DETAILS, id)?;
+            p.tm.btree_remove(&mut droot, DETAILS, id.0)?;
             p.set_details_root(droot);
             // Snapshots of the removed volume become independent volumes.
             for (cid, mut cd) in p.volumes()? {
-                if cd.origin == id {
-                    cd.origin = NO_ORIGIN;
+                if cd.origin == Some(id) {
+                    cd.origin = None;
                     p.put_details(cid, &cd)?;
                 }
             }
@@ -319,14 +320,14 @@ impl Pool {
             // `snap` must descend from `vol` through snapshot origins.
             let mut cur = sd.origin;
             let mut hops = 0;
-            while cur != vid {
-                if cur == NO_ORIGIN || hops > 100_000 {
+            while cur != Some(vid) {
+                let Some(c) = cur.filter(|_| hops <= 100_000) else {
                     return Err(PoolError::NotASnapshot {
                         vol: vol.to_string(),
                         snap: snap.to_string(),
                     });
-                }
-                cur = p.details(cur).map(|d| d.origin).unwrap_or(NO_ORIGIN);
+                };
+                cur = p.details(c).ok().and_then(|d| d.origin);
                 hops += 1;
             }
             let sroot = p.vol_root(sid)?;
@@ -392,7 +393,7 @@ impl Pool {
         debug_assert_eq!(mapped, d.mapped);
         let origin = names
             .iter()
-            .find(|(i, _)| *i == d.origin)
+            .find(|(i, _)| Some(*i) == d.origin)
             .map(|(_, o)| o.name.clone());
         Ok(VolumeInfo {
             id,

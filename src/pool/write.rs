@@ -11,7 +11,7 @@
 use super::data::{write_data, Target, WritePlan};
 use super::details::{Access, IoVolume, DETAILS};
 use super::trees::{pack_mapping, unpack_mapping, DEV_ROOTS, MAPPING};
-use super::{Pool, PoolError, Result, VolumeId};
+use super::{Pool, PoolError, Result, VirtualBlock, VolumeId};
 use crate::meta::btree::{update_bound, Btree};
 use crate::meta::{DataBlock, MetaError};
 
@@ -222,8 +222,8 @@ impl Pool {
         let (first, last) = (offset / bs, (end - 1) / bs);
         let root = self.vol_root(id)?;
         let mut targets = Vec::with_capacity((last - first + 1) as usize);
-        for vb in first..=last {
-            let t = match self.tm.btree_lookup_shared(root, MAPPING, vb)? {
+        for vb in (first..=last).map(VirtualBlock) {
+            let t = match self.tm.btree_lookup_shared(root, MAPPING, vb.0)? {
                 Some((v, path_shared)) => {
                     let (pb, time) = unpack_mapping(v);
                     if time >= snap_time && !path_shared && self.tm.data_count(pb)? == 1 {
@@ -321,7 +321,7 @@ impl Pool {
     /// Step 4, under the metadata lock: map the new blocks and release what they replace.
     pub(crate) fn finish_write(&mut self, plan: WritePlan) -> Result<()> {
         self.note_data_write();
-        let news: Vec<(u64, u64)> = plan
+        let news: Vec<(VirtualBlock, u64)> = plan
             .targets
             .iter()
             .filter_map(|(vb, t)| match t {
@@ -341,7 +341,7 @@ impl Pool {
                 let v = pack_mapping(DataBlock(*nb), time);
                 match self
                     .tm
-                    .btree_insert(&mut root, MAPPING, *vb, &v.to_le_bytes())?
+                    .btree_insert(&mut root, MAPPING, vb.0, &v.to_le_bytes())?
                 {
                     Some(old) => self.tm.dec_value(MAPPING, &old)?,
                     None => newly += 1,

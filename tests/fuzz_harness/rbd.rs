@@ -15,7 +15,7 @@ use thinpool::export::rbd::HEADER;
 use thinpool::export::{import_diff as apply_diff, ExportError, ImportDiffOptions};
 use thinpool::io::BlockDev;
 use thinpool::pool::details::validate_name;
-use thinpool::pool::{CreateOptions, OpenOptions, Pool};
+use thinpool::pool::{CreateOptions, OpenOptions, Pool, VolumeId};
 
 const BS: u64 = 4096;
 const META_CAP: u64 = 2 << 20;
@@ -343,8 +343,8 @@ fn parse(s: &[u8]) -> Option<Parsed> {
 
 struct Vol {
     name: &'static str,
-    id: u64,
-    origin: u64,
+    id: VolumeId,
+    origin: Option<VolumeId>,
     read_only: bool,
 }
 
@@ -363,7 +363,8 @@ fn reference(
         return None;
     }
     if let Some(f) = &p.from {
-        vols.iter().find(|v| v.name == f && v.origin == tv.id)?;
+        vols.iter()
+            .find(|v| v.name == f && v.origin == Some(tv.id))?;
     }
     let take = p.to.clone().filter(|t| !no_snapshot && t != target);
     if let Some(t) = &take {

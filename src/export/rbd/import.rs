@@ -54,7 +54,7 @@ pub fn import_diff(
     }
     if let Some(f) = &rep.from_snap {
         match pool.find(f) {
-            Ok((_, fd)) if fd.origin == vid => {}
+            Ok((_, fd)) if fd.origin == Some(vid) => {}
             Ok(_) | Err(PoolError::NoSuchVolume(_)) => {
                 return Err(ExportError::MissingFromSnap {
                     vol: vol.to_string(),
