@@ -79,20 +79,6 @@ fn volume(pool: &mut Pool, name: &str) -> Result<(VolumeId, Details)> {
     Ok(pool.find(name)?)
 }
 
-/// Fill `buf` from `r` as far as it goes; returns the bytes read (short only at EOF).
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> Result<()> {
     let (id, _) = volume(pool, &a.volume)?;
     // Read-only or past the end: refused before the input is opened.
@@ -124,7 +110,7 @@ pub fn write(a: &WriteArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) ->
     let mut pos = a.offset;
     let result = (|| -> Result<()> {
         loop {
-            let n = fill(input, &mut buf).context("cannot read the input")?;
+            let n = crate::io::read_full(input, &mut buf).context("cannot read the input")?;
             if n == 0 {
                 return Ok(());
             }

@@ -369,20 +369,6 @@ fn import_file(
     Ok(written)
 }
 
-/// Fill `buf` from `r`; short only at the end of the stream.
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Returns (bytes read, bytes written).
 fn import_stream(
     pool: &mut Pool,
@@ -397,7 +383,7 @@ fn import_stream(
     let limit = size.unwrap_or_else(|| generous_size(bs));
     let (mut at, mut written) = (0u64, 0u64);
     loop {
-        let n = fill(r, &mut buf)
+        let n = crate::io::read_full(r, &mut buf)
             .map_err(ExportError::io(format!("reading the input at byte {at}")))?;
         if n == 0 {
             break;

@@ -30,6 +30,21 @@ pub use op::{os_error, IoOp, OpError};
 pub use sim::{SimDev, SimGroup};
 pub use uring::UringDev;
 
+/// Fill `buf` from a stream as far as it goes, retrying interrupted reads: the bytes read,
+/// short only at the end of the stream (import, write and import-diff read their input so).
+pub fn read_full(r: &mut dyn io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 use std::io;
 
 /// A byte-addressed device with sparse-file semantics.

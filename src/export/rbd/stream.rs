@@ -4,7 +4,7 @@
 
 use super::{Record, HEADER};
 use crate::export::{ExportError, Result};
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 
 /// Longest snapshot name accepted from a stream.
 const MAX_NAME: u32 = 4096;
@@ -41,20 +41,10 @@ impl<'a> DiffReader<'a> {
     }
 
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            match self.r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(ExportError::io(format!(
-                        "reading the diff at byte {}",
-                        self.pos + n as u64
-                    ))(e))
-                }
-            }
-        }
+        let n = crate::io::read_full(self.r, buf).map_err(ExportError::io(format!(
+            "reading the diff at byte {}",
+            self.pos
+        )))?;
         self.pos += n as u64;
         Ok(n)
     }
