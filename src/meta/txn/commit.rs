@@ -4,7 +4,7 @@
 
 use super::super::block::BlockType;
 use super::super::journal::{self, BlockRef, Record, Root, RootId, NR_ROOTS};
-use super::super::spacemap::SmKind;
+use super::super::spacemap::{SmKind, SpaceMap};
 use super::super::{MetaBlock, MetaError, Result};
 use super::Tm;
 
@@ -39,7 +39,7 @@ impl Tm {
 
     pub(super) fn apply_pending(&mut self) -> Result<()> {
         while let Some((&b, &d)) = self.pending.iter().next() {
-            let stored = self.sm_count(SmKind::Meta, b)? as i64;
+            let stored = self.space_map(SmKind::Meta).count(b)? as i64;
             let new = stored + d;
             if new < 0 {
                 return Err(MetaError::corrupt(
@@ -47,7 +47,7 @@ impl Tm {
                     "reference count would go below zero",
                 ));
             }
-            self.sm_set(SmKind::Meta, b, new as u64)?;
+            self.space_map(SmKind::Meta).set_count(b, new as u64)?;
             // Deltas added for `b` while applying stay pending.
             self.meta_delta(MetaBlock(b), -d);
         }
@@ -132,7 +132,7 @@ impl Tm {
     pub(super) fn after_commit(&mut self, rec: Record) {
         self.dsm.protected = [Some(self.dsm.roots.index), self.dsm.protected[0]];
         self.msm.protected = [Some(self.msm.roots.index), self.msm.protected[0]];
-        self.prot_memo.clear();
+        self.sm_memo.forget_protected();
         self.shadowed.clear();
         self.last = rec;
         self.gen += 1;

@@ -19,9 +19,9 @@ use super::btree::NodeStore;
 use super::cache::{Block, BlockManager};
 use super::journal::{BlockRef, Record, RootId};
 use super::label::Label;
-use super::spacemap::{SmKind, SmRoots, SpaceMap};
+use super::spacemap::{SmKind, SmMemo, SmRoots, SmState};
 use super::{DataBlock, MetaBlock, MetaError, Result};
-use crate::hash::{IntMap, IntSet};
+use crate::hash::IntSet;
 use std::collections::BTreeMap;
 
 /// Blocks kept free for the commit itself (space-map pages and index nodes it shadows).
@@ -34,8 +34,8 @@ pub struct Tm {
     gen: u64,
     /// The last durable record.
     last: Record,
-    msm: SpaceMap,
-    dsm: SpaceMap,
+    msm: SmState,
+    dsm: SmState,
     shadowed: IntSet<u64>,
     pending: BTreeMap<u64, i64>,
     /// Sum of the positive deltas in `pending` (this transaction's allocations), kept up to
@@ -45,8 +45,7 @@ pub struct Tm {
     applying: bool,
     /// Data blocks whose count reached zero in this transaction (punched after commit).
     data_freed: Vec<u64>,
-    page_memo: IntMap<(u8, u64), BlockRef>,
-    prot_memo: IntMap<(u8, u8, u64), Option<BlockRef>>,
+    sm_memo: SmMemo,
     read_only: bool,
     /// Metadata blocks the last commit freed (zero in S, not in S-1): free by the space map
     /// but protected from reuse until the next commit, so not available to allocate.
@@ -59,19 +58,6 @@ pub struct Tm {
 }
 
 impl Tm {
-    fn sm(&self, k: SmKind) -> &SpaceMap {
-        match k {
-            SmKind::Meta => &self.msm,
-            SmKind::Data => &self.dsm,
-        }
-    }
-    fn sm_mut(&mut self, k: SmKind) -> &mut SpaceMap {
-        match k {
-            SmKind::Meta => &mut self.msm,
-            SmKind::Data => &mut self.dsm,
-        }
-    }
-
     pub(crate) fn is_shadowed(&self, b: MetaBlock) -> bool {
         self.shadowed.contains(&b.0)
     }
@@ -120,7 +106,7 @@ impl Tm {
         self.pending.clear();
         self.pending_alloc = 0;
         self.shadowed.clear();
-        self.page_memo.clear();
+        self.sm_memo.forget_pages();
         self.data_freed.clear();
         self.meta_freed_now = 0;
         let last = self.last.clone();
@@ -200,7 +186,7 @@ pub struct SpaceUse {
 }
 
 impl SpaceUse {
-    fn of(sm: &SpaceMap) -> SpaceUse {
+    fn of(sm: &SmState) -> SpaceUse {
         SpaceUse {
             total: sm.nr_blocks,
             allocated: sm.nr_allocated,
@@ -259,7 +245,7 @@ fn sm_from_record(
     rec: &Record,
     protected: [Option<BlockRef>; 2],
     cursor: u64,
-) -> SpaceMap {
+) -> SmState {
     let (idx, ovf, nr, alloc) = match k {
         SmKind::Meta => (
             RootId::MetaIndex,
@@ -274,7 +260,7 @@ fn sm_from_record(
             rec.data_allocated,
         ),
     };
-    SpaceMap {
+    SmState {
         kind: k,
         nr_blocks: nr,
         nr_allocated: alloc,

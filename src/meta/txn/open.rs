@@ -7,10 +7,12 @@ use super::super::btree::Btree;
 use super::super::cache::BlockManager;
 use super::super::journal::{self, Record, Root, RootId, SlotScan, NR_ROOTS};
 use super::super::label::Label;
-use super::super::spacemap::{SmKind, SmRoots, SpaceMap, SM_INDEX, SM_OVERFLOW};
+use super::super::spacemap::{
+    disk, SmKind, SmRoots, SmState, SmStore, SpaceMap, SM_INDEX, SM_OVERFLOW,
+};
 use super::super::{MetaBlock, MetaError, Result, BLOCK_SIZE};
 use super::{sm_from_record, Tm};
-use crate::hash::{IntMap, IntSet};
+use crate::hash::IntSet;
 use crate::io::BlockDev;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,7 +85,7 @@ impl Tm {
         let mut bm = BlockManager::new(dev, label.uuid, meta_blocks, cache_blocks);
         let mut lbuf = label.encode();
         bm.write_direct(MetaBlock(0), &mut lbuf)?;
-        let empty_sm = |kind, nr_blocks| SpaceMap {
+        let empty_sm = |kind, nr_blocks| SmState {
             kind,
             nr_blocks,
             nr_allocated: 0,
@@ -115,8 +117,7 @@ impl Tm {
             bump: Some(first_free),
             applying: false,
             data_freed: Vec::new(),
-            page_memo: IntMap::default(),
-            prot_memo: IntMap::default(),
+            sm_memo: Default::default(),
             read_only: false,
             meta_freed_last: 0,
             meta_freed_now: 0,
@@ -126,13 +127,13 @@ impl Tm {
         for k in [SmKind::Meta, SmKind::Data] {
             let idx = tm.btree_empty(SM_INDEX)?;
             let ovf = tm.btree_empty(SM_OVERFLOW)?;
-            tm.sm_mut(k).roots = SmRoots {
+            tm.sm_state_mut(k).roots = SmRoots {
                 index: idx,
                 overflow: ovf,
             };
-            for pi in 0..tm.sm(k).nr_pages() {
-                tm.add_page(k, pi)?;
-                let pr = tm.page_ref(k, pi)?;
+            for pi in 0..tm.sm_state(k).nr_pages() {
+                disk::add_page(&mut tm, k, pi)?;
+                let pr = disk::page_ref(&mut tm, k, pi)?;
                 tm.mark_shadowed(pr.block);
             }
         }
@@ -247,8 +248,7 @@ impl Tm {
             bump: None,
             applying: false,
             data_freed: Vec::new(),
-            page_memo: IntMap::default(),
-            prot_memo: IntMap::default(),
+            sm_memo: Default::default(),
             read_only,
             meta_freed_last: 0,
             meta_freed_now: 0,
@@ -257,7 +257,7 @@ impl Tm {
         };
         let mut tm = tm;
         if !read_only {
-            tm.meta_freed_last = tm.freed_by_last_commit(SmKind::Meta)?.len() as u64;
+            tm.meta_freed_last = tm.space_map(SmKind::Meta).freed_by_last_commit()?.len() as u64;
         }
         let report = OpenReport {
             slots,

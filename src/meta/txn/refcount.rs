@@ -1,245 +1,66 @@
-//! The space-map engine on the transaction manager: reference counts of metadata and data
-//! blocks in bitmap pages (format helpers in `meta/spacemap.rs`), the overflow tree for
-//! counts of three and more, allocation that never hands out a block a committed state
-//! still references (S and S-1), and data-device growth.
-//!
-//! Metadata counts change through pending deltas applied at commit (`commit.rs`); data
-//! counts are written at once. Freed data blocks are collected for the pool to punch.
+//! Reference counting on the transaction manager: `Tm` is the store of the space-map engine
+//! (`meta/spacemap/disk.rs`, through [`SmStore`]), and on top of it counts metadata blocks
+//! (pending deltas applied at commit, `commit.rs`) and data blocks (written at once; freed
+//! ones are collected for the pool to punch), and allocates both.
 
-use super::super::block::{self, BlockType};
+use super::super::block::BlockType;
 use super::super::btree::{update_bound, Btree};
-use super::super::journal::{decode_ref, encode_ref, BlockRef};
-use super::super::spacemap::{self, SmKind, ENTRIES_PER_PAGE, SM_INDEX, SM_OVERFLOW};
-use super::super::{DataBlock, MetaBlock, MetaError, Result, BLOCK_SIZE};
+use super::super::cache::Block;
+use super::super::spacemap::disk::{self, Handle};
+use super::super::spacemap::{SmKind, SmMemo, SmState, SmStore, SpaceMap, SM_INDEX, SM_OVERFLOW};
+use super::super::{DataBlock, MetaBlock, MetaError, Result};
 use super::{Tm, META_RESERVE};
-use std::collections::BTreeMap;
 
-/// A bitmap page must carry the generation its index entry recorded.
-fn check_page(blk: &[u8], r: BlockRef) -> Result<()> {
-    if block::generation(blk) != r.gen {
-        return Err(MetaError::corrupt(
-            r.block,
-            format!(
-                "bitmap generation {} differs from the {} its index recorded",
-                block::generation(blk),
-                r.gen
-            ),
-        ));
+impl SmStore for Tm {
+    fn sm_state(&self, k: SmKind) -> &SmState {
+        match k {
+            SmKind::Meta => &self.msm,
+            SmKind::Data => &self.dsm,
+        }
     }
-    Ok(())
+    fn sm_state_mut(&mut self, k: SmKind) -> &mut SmState {
+        match k {
+            SmKind::Meta => &mut self.msm,
+            SmKind::Data => &mut self.dsm,
+        }
+    }
+    fn sm_memo(&mut self) -> &mut SmMemo {
+        &mut self.sm_memo
+    }
+    fn bitmap(&mut self, b: MetaBlock) -> Result<Block> {
+        self.bm.read(b, BlockType::Bitmap)
+    }
+    fn bitmap_ref(&mut self, b: MetaBlock) -> Result<&[u8]> {
+        self.bm.read_ref(b, BlockType::Bitmap)
+    }
+    fn bitmap_mut(&mut self, b: MetaBlock) -> Result<&mut [u8]> {
+        Ok(self.bm.get_mut(b, BlockType::Bitmap)?)
+    }
+    fn meta_counts_pending(&self) -> bool {
+        self.bump.is_some()
+    }
+    fn meta_change_pending(&self, b: u64) -> bool {
+        self.pending.contains_key(&b)
+    }
+    fn note_meta_freed(&mut self) {
+        self.meta_freed_now += 1;
+    }
 }
 
-fn sm_tag(k: SmKind) -> u8 {
-    match k {
-        SmKind::Meta => 0,
-        SmKind::Data => 1,
-    }
-}
 impl Tm {
-    /// Location of page `pi` of a space map in the current state.
-    pub(super) fn page_ref(&mut self, k: SmKind, pi: u64) -> Result<BlockRef> {
-        if let Some(r) = self.page_memo.get(&(sm_tag(k), pi)) {
-            return Ok(*r);
+    /// Space map `k` as a [`SpaceMap`].
+    pub(super) fn space_map(&mut self, k: SmKind) -> Handle<'_, Tm> {
+        Handle {
+            store: self,
+            kind: k,
         }
-        let root = self.sm(k).roots.index;
-        let v = self.btree_lookup(root, SM_INDEX, pi)?.ok_or_else(|| {
-            MetaError::corrupt(
-                root.block,
-                format!("space map index has no entry for page {pi}"),
-            )
-        })?;
-        let r = decode_ref(&v);
-        self.page_memo.insert((sm_tag(k), pi), r);
-        Ok(r)
-    }
-
-    /// Location of page `pi` in protected state `which` (0 = S, 1 = S-1).
-    pub(super) fn prot_page_ref(
-        &mut self,
-        k: SmKind,
-        which: u8,
-        pi: u64,
-    ) -> Result<Option<BlockRef>> {
-        if let Some(r) = self.prot_memo.get(&(sm_tag(k), which, pi)) {
-            return Ok(*r);
-        }
-        let r = match self.sm(k).protected[which as usize] {
-            None => None,
-            Some(root) => self
-                .btree_lookup(root, SM_INDEX, pi)?
-                .map(|v| decode_ref(&v)),
-        };
-        self.prot_memo.insert((sm_tag(k), which, pi), r);
-        Ok(r)
-    }
-
-    pub(super) fn read_page(&mut self, r: BlockRef) -> Result<super::super::cache::Block> {
-        let blk = self.bm.read(r.block, BlockType::Bitmap)?;
-        check_page(&blk, r)?;
-        Ok(blk)
-    }
-
-    /// `read_page` without taking a reference to the cached block (the count lookups on the
-    /// data path only read one entry).
-    pub(super) fn read_page_ref(&mut self, r: BlockRef) -> Result<&[u8]> {
-        let blk = self.bm.read_ref(r.block, BlockType::Bitmap)?;
-        check_page(blk, r)?;
-        Ok(blk)
-    }
-
-    /// Reference count of `b` as stored in the current pages (no pending deltas).
-    pub(super) fn sm_count(&mut self, k: SmKind, b: u64) -> Result<u64> {
-        if k == SmKind::Meta && self.bump.is_some() {
-            return Ok(0);
-        }
-        if b >= self.sm(k).nr_blocks {
-            return Err(MetaError::inconsistent(format!(
-                "{k:?} block {b} is beyond the space map ({} blocks)",
-                self.sm(k).nr_blocks
-            )));
-        }
-        let pr = self.page_ref(k, b / ENTRIES_PER_PAGE)?;
-        let page = self.read_page_ref(pr)?;
-        let v = spacemap::page_get(page, (b % ENTRIES_PER_PAGE) as usize);
-        if v < 3 {
-            return Ok(v as u64);
-        }
-        let root = self.sm(k).roots.overflow;
-        let c = self.btree_lookup(root, SM_OVERFLOW, b)?.ok_or_else(|| {
-            MetaError::corrupt(
-                root.block,
-                format!("overflow tree has no count for {k:?} block {b}"),
-            )
-        })?;
-        Ok(block::get_u64(&c, 0))
-    }
-
-    /// Set the stored count of `b` (shadowing its page and updating the overflow tree).
-    pub(super) fn sm_set(&mut self, k: SmKind, b: u64, count: u64) -> Result<()> {
-        let pi = b / ENTRIES_PER_PAGE;
-        let idx = (b % ENTRIES_PER_PAGE) as usize;
-        let pr = self.page_ref(k, pi)?;
-        let pr = if self.is_shadowed(pr.block) {
-            pr
-        } else {
-            let src = self.read_page(pr)?;
-            let nb = self.alloc_meta()?;
-            let mut buf = src.to_vec();
-            block::set_block_number(&mut buf, nb);
-            block::set_generation(&mut buf, self.gen);
-            self.bm.put_new(nb, buf)?;
-            self.mark_shadowed(nb);
-            self.meta_delta(pr.block, -1);
-            let nr = BlockRef {
-                block: nb,
-                gen: self.gen,
-            };
-            let mut root = self.sm(k).roots.index;
-            self.btree_insert(&mut root, SM_INDEX, pi, &encode_ref(nr))?;
-            self.sm_mut(k).roots.index = root;
-            self.page_memo.insert((sm_tag(k), pi), nr);
-            nr
-        };
-        let allocated = self.sm(k).nr_allocated;
-        let page = self.bm.get_mut(pr.block, BlockType::Bitmap)?;
-        let old2 = spacemap::page_get(page, idx);
-        let new2 = count.min(3) as u8;
-        let nf = spacemap::page_nr_free(page);
-        // A page whose free count disagrees with its entries, or a map that would count
-        // fewer than zero blocks allocated (damage under a valid checksum), is corruption
-        // to report before anything changes, not a counter to wrap.
-        let bad = |what: &str| {
-            MetaError::corrupt(
-                pr.block,
-                format!("{k:?} space-map page {pi}, block {b}: {what}"),
-            )
-        };
-        let taking = old2 == 0 && new2 != 0;
-        let freeing = old2 != 0 && new2 == 0;
-        if taking && nf == 0 {
-            return Err(bad("free count 0 but a free entry"));
-        }
-        if freeing && (u64::from(nf) >= ENTRIES_PER_PAGE || allocated == 0) {
-            return Err(bad(
-                "an entry in use but the counts say every block is free",
-            ));
-        }
-        spacemap::page_set(page, idx, new2);
-        if taking {
-            spacemap::set_page_nr_free(page, nf - 1);
-            self.sm_mut(k).nr_allocated += 1;
-        } else if freeing {
-            spacemap::set_page_nr_free(page, nf + 1);
-            self.sm_mut(k).nr_allocated -= 1;
-            if k == SmKind::Meta {
-                self.meta_freed_now += 1;
-            }
-        }
-        if count >= 3 {
-            let mut root = self.sm(k).roots.overflow;
-            self.btree_insert(&mut root, SM_OVERFLOW, b, &count.to_le_bytes())?;
-            self.sm_mut(k).roots.overflow = root;
-        } else if old2 == 3 {
-            let mut root = self.sm(k).roots.overflow;
-            self.btree_remove(&mut root, SM_OVERFLOW, b)?;
-            self.sm_mut(k).roots.overflow = root;
-        }
-        Ok(())
-    }
-
-    /// Find a block whose count is zero now and in both protected states.
-    pub(super) fn find_free(&mut self, k: SmKind) -> Result<Option<u64>> {
-        let nr_blocks = self.sm(k).nr_blocks;
-        let pages = self.sm(k).nr_pages();
-        if pages == 0 {
-            return Ok(None);
-        }
-        let start = self.sm(k).cursor % nr_blocks;
-        let start_page = start / ENTRIES_PER_PAGE;
-        for step in 0..=pages {
-            let pi = (start_page + step) % pages;
-            let base = pi * ENTRIES_PER_PAGE;
-            let limit_all = (nr_blocks - base).min(ENTRIES_PER_PAGE) as usize;
-            let (lo, limit) = if step == 0 {
-                ((start - base) as usize, limit_all)
-            } else if step == pages {
-                (0, (start - base) as usize)
-            } else {
-                (0, limit_all)
-            };
-            let pr = self.page_ref(k, pi)?;
-            let page = self.read_page(pr)?;
-            if spacemap::page_nr_free(&page) == 0 {
-                continue;
-            }
-            let mut prot = Vec::new();
-            for which in 0..2u8 {
-                if let Some(p) = self.prot_page_ref(k, which, pi)? {
-                    if p.block != pr.block {
-                        prot.push(self.read_page(p)?);
-                    }
-                }
-            }
-            let mut i = lo;
-            while let Some(z) = spacemap::page_find_zero(&page, i, limit) {
-                let b = base + z as u64;
-                let ok = prot.iter().all(|p| spacemap::page_get(p, z) == 0)
-                    && (k == SmKind::Data || !self.pending.contains_key(&b));
-                if ok {
-                    self.sm_mut(k).cursor = b + 1;
-                    return Ok(Some(b));
-                }
-                i = z + 1;
-            }
-        }
-        Ok(None)
     }
 
     // ----- metadata references ------------------------------------------------------------
 
     /// Current reference count of a metadata block (stored count plus pending deltas).
     pub fn meta_count(&mut self, b: MetaBlock) -> Result<u64> {
-        let stored = self.sm_count(SmKind::Meta, b.0)? as i64;
+        let stored = self.space_map(SmKind::Meta).count(b.0)? as i64;
         let d = self.pending.get(&b.0).copied().unwrap_or(0);
         let c = stored + d;
         if c < 0 {
@@ -274,7 +95,8 @@ impl Tm {
             return Err(MetaError::NoMetadataSpace);
         }
         let b = self
-            .find_free(SmKind::Meta)?
+            .space_map(SmKind::Meta)
+            .find_free()?
             .ok_or(MetaError::NoMetadataSpace)?;
         self.meta_delta(MetaBlock(b), 1);
         self.mark_shadowed(MetaBlock(b));
@@ -299,7 +121,7 @@ impl Tm {
         let mut used = self.msm.nr_allocated as i64;
         let pend: Vec<(u64, i64)> = self.pending.iter().map(|(a, b)| (*a, *b)).collect();
         for (b, d) in pend {
-            let before = self.sm_count(SmKind::Meta, b)? as i64;
+            let before = self.space_map(SmKind::Meta).count(b)? as i64;
             let after = before + d;
             used += (after > 0) as i64 - (before > 0) as i64;
         }
@@ -309,22 +131,22 @@ impl Tm {
     // ----- data references ----------------------------------------------------------------
 
     pub fn data_count(&mut self, b: DataBlock) -> Result<u64> {
-        self.sm_count(SmKind::Data, b.0)
+        self.space_map(SmKind::Data).count(b.0)
     }
 
     pub fn data_inc(&mut self, b: DataBlock) -> Result<()> {
-        let c = self.sm_count(SmKind::Data, b.0)?;
-        self.sm_set(SmKind::Data, b.0, c + 1)
+        let c = self.space_map(SmKind::Data).count(b.0)?;
+        self.space_map(SmKind::Data).set_count(b.0, c + 1)
     }
 
     pub fn data_dec(&mut self, b: DataBlock) -> Result<()> {
-        let c = self.sm_count(SmKind::Data, b.0)?;
+        let c = self.space_map(SmKind::Data).count(b.0)?;
         if c == 0 {
             return Err(MetaError::inconsistent(format!(
                 "releasing {b}, which has no references"
             )));
         }
-        self.sm_set(SmKind::Data, b.0, c - 1)?;
+        self.space_map(SmKind::Data).set_count(b.0, c - 1)?;
         if c == 1 {
             self.data_freed.push(b.0);
         }
@@ -334,10 +156,10 @@ impl Tm {
     /// Allocate a data block (count 1). `None` when the pool's data space is exhausted.
     pub fn alloc_data(&mut self) -> Result<Option<DataBlock>> {
         self.check_writable()?;
-        match self.find_free(SmKind::Data)? {
+        match self.space_map(SmKind::Data).find_free()? {
             None => Ok(None),
             Some(b) => {
-                self.sm_set(SmKind::Data, b, 1)?;
+                self.space_map(SmKind::Data).set_count(b, 1)?;
                 Ok(Some(DataBlock(b)))
             }
         }
@@ -396,128 +218,28 @@ impl Tm {
     /// commit, since the one that freed them exited before it could (see
     /// `Pool::force_commit`).
     pub fn data_freed_by_last_commit(&mut self) -> Result<Vec<u64>> {
-        self.freed_by_last_commit(SmKind::Data)
-    }
-
-    /// Blocks of a space map the last commit freed: count zero in S, not zero in S-1. Only
-    /// bitmap pages whose block differs between the two states can hold one; both index
-    /// trees are walked once, and only differing pages are read.
-    pub(super) fn freed_by_last_commit(&mut self, k: SmKind) -> Result<Vec<u64>> {
-        let [Some(s), Some(prev)] = self.sm(k).protected else {
-            return Ok(Vec::new());
-        };
-        if s == prev {
-            return Ok(Vec::new());
-        }
-        let mut pages = |root: BlockRef| -> Result<BTreeMap<u64, BlockRef>> {
-            let mut m = BTreeMap::new();
-            self.btree_walk(root, SM_INDEX, 0, u64::MAX, &mut |pi, v| {
-                m.insert(pi, decode_ref(v));
-                true
-            })?;
-            Ok(m)
-        };
-        let (now, before) = (pages(s)?, pages(prev)?);
-        let nr_blocks = self.sm(k).nr_blocks;
-        let mut freed = Vec::new();
-        for (pi, r) in now {
-            let Some(&p) = before.get(&pi) else { continue };
-            if p.block == r.block {
-                continue;
-            }
-            let (a, b) = (self.read_page(r)?, self.read_page(p)?);
-            let base = pi * ENTRIES_PER_PAGE;
-            let n = (nr_blocks.saturating_sub(base)).min(ENTRIES_PER_PAGE) as usize;
-            freed.extend(
-                (0..n)
-                    .filter(|&i| spacemap::page_get(&a, i) == 0 && spacemap::page_get(&b, i) != 0)
-                    .map(|i| base + i as u64),
-            );
-        }
-        Ok(freed)
+        self.space_map(SmKind::Data).freed_by_last_commit()
     }
 
     /// The highest data block numbered `from` or above with a non-zero reference count in
-    /// the current state, or `None`. Reads only the bitmap pages from `from` up, skipping
-    /// pages with no used entry by their free count (open uses it to find mapped blocks
-    /// past the end of a short data file).
+    /// the current state, or `None` (open uses it to find mapped blocks past the end of a
+    /// short data file).
     pub fn highest_used_data_block(&mut self, from: u64) -> Result<Option<u64>> {
-        let nr_blocks = self.dsm.nr_blocks;
-        if from >= nr_blocks {
-            return Ok(None);
-        }
-        for pi in (from / ENTRIES_PER_PAGE..self.dsm.nr_pages()).rev() {
-            let base = pi * ENTRIES_PER_PAGE;
-            let n = (nr_blocks - base).min(ENTRIES_PER_PAGE);
-            let pr = self.page_ref(SmKind::Data, pi)?;
-            let page = self.read_page(pr)?;
-            if u64::from(spacemap::page_nr_free(&page)) >= n {
-                continue;
-            }
-            let lo = from.saturating_sub(base) as usize;
-            if let Some(i) = (lo..n as usize)
-                .rev()
-                .find(|&i| spacemap::page_get(&page, i) != 0)
-            {
-                return Ok(Some(base + i as u64));
-            }
-        }
-        Ok(None)
+        disk::highest_used(self, SmKind::Data, from)
     }
 
     /// Data blocks whose count is zero now but which a protected state still references.
     pub fn data_protected_pending(&self) -> bool {
-        self.sm(SmKind::Data).protected.iter().any(|p| p.is_some())
+        self.sm_state(SmKind::Data)
+            .protected
+            .iter()
+            .any(|p| p.is_some())
     }
 
     /// Add `new_blocks - nr_blocks` zeroed entries to the data space map.
     pub fn grow_data(&mut self, new_blocks: u64) -> Result<()> {
         self.check_writable()?;
-        let old = self.dsm.nr_blocks;
-        if new_blocks <= old {
-            return Ok(());
-        }
-        let old_pages = self.dsm.nr_pages();
-        self.dsm.nr_blocks = new_blocks;
-        let new_pages = self.dsm.nr_pages();
-        // The last old page may gain entries: shadow it and raise its free count.
-        if old_pages > 0 {
-            let pi = old_pages - 1;
-            let old_in_page = old - pi * ENTRIES_PER_PAGE;
-            let new_in_page = (new_blocks - pi * ENTRIES_PER_PAGE).min(ENTRIES_PER_PAGE);
-            if new_in_page > old_in_page {
-                // Setting an entry to its own value shadows the page.
-                let b = pi * ENTRIES_PER_PAGE;
-                let c = self.sm_count(SmKind::Data, b)?;
-                self.sm_set(SmKind::Data, b, c)?;
-                let pr = self.page_ref(SmKind::Data, pi)?;
-                let page = self.bm.get_mut(pr.block, BlockType::Bitmap)?;
-                let nf = spacemap::page_nr_free(page);
-                spacemap::set_page_nr_free(page, nf + (new_in_page - old_in_page) as u32);
-            }
-        }
-        for pi in old_pages..new_pages {
-            self.add_page(SmKind::Data, pi)?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn add_page(&mut self, k: SmKind, pi: u64) -> Result<()> {
-        let nb = self.alloc_meta()?;
-        let mut buf = vec![0u8; BLOCK_SIZE];
-        block::init_header(&mut buf, BlockType::Bitmap, nb, self.gen, self.bm.uuid());
-        let entries = (self.sm(k).nr_blocks - pi * ENTRIES_PER_PAGE).min(ENTRIES_PER_PAGE);
-        spacemap::set_page_nr_free(&mut buf, entries as u32);
-        self.bm.put_new(nb, buf)?;
-        let r = BlockRef {
-            block: nb,
-            gen: self.gen,
-        };
-        let mut root = self.sm(k).roots.index;
-        self.btree_insert(&mut root, SM_INDEX, pi, &encode_ref(r))?;
-        self.sm_mut(k).roots.index = root;
-        self.page_memo.insert((sm_tag(k), pi), r);
-        Ok(())
+        self.space_map(SmKind::Data).grow(new_blocks)
     }
 }
 
@@ -526,7 +248,7 @@ mod damaged_count_tests {
     use super::super::Tm;
     use crate::io::MemDev;
     use crate::meta::label::{Label, FORMAT_VERSION};
-    use crate::meta::spacemap::{self, SmKind};
+    use crate::meta::spacemap::{self, disk, SmKind};
     use crate::meta::{DataBlock, MetaError};
     use std::sync::Arc;
 
@@ -548,7 +270,7 @@ mod damaged_count_tests {
         // A count change shadows the page into this transaction; then damage that copy.
         let b = tm.alloc_data().unwrap().unwrap();
         tm.data_dec(b).unwrap();
-        let pr = tm.page_ref(SmKind::Data, 0).unwrap();
+        let pr = disk::page_ref(tm, SmKind::Data, 0).unwrap();
         let page = tm
             .bm
             .get_mut(pr.block, crate::meta::block::BlockType::Bitmap)
@@ -575,7 +297,7 @@ mod damaged_count_tests {
     fn a_page_counting_everything_free_cannot_free_more() {
         let mut tm = tm();
         tm.data_inc(DataBlock(9)).unwrap();
-        let pr = tm.page_ref(SmKind::Data, 0).unwrap();
+        let pr = disk::page_ref(&mut tm, SmKind::Data, 0).unwrap();
         let page = tm
             .bm
             .get_mut(pr.block, crate::meta::block::BlockType::Bitmap)
