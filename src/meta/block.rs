@@ -10,6 +10,16 @@ use super::{MetaBlock, MetaError, BLOCK_SIZE};
 /// Size of the common header.
 pub const HEADER_SIZE: usize = 64;
 
+// Byte offsets of the header's fields (the layout above).
+const CRC: usize = 0;
+const TYPE: usize = 4;
+const NUMBER: usize = 8;
+const GENERATION: usize = 16;
+/// The pool UUID, `UUID..UUID + 16`.
+pub const UUID: usize = 24;
+/// Where a block's type-specific header fields begin.
+pub const TYPE_SPECIFIC: usize = 40;
+
 /// Kinds of metadata block. The value is stored at offset 4 and salts the checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -59,17 +69,17 @@ pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
 /// Checksum of a block's contents as its type defines it.
 pub fn compute_crc(ty: BlockType, buf: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new_with_initial(ty.salt());
-    h.update(&buf[4..BLOCK_SIZE]);
+    h.update(&buf[TYPE..BLOCK_SIZE]);
     h.finalize()
 }
 
 /// Start a fresh block of `ty` in `buf`: zero it and fill in the header (crc is set at write).
 pub fn init_header(buf: &mut [u8], ty: BlockType, block: MetaBlock, gen: u64, uuid: &[u8; 16]) {
     buf.fill(0);
-    put_u32(buf, 4, ty as u32);
-    put_u64(buf, 8, block.0);
-    put_u64(buf, 16, gen);
-    buf[24..40].copy_from_slice(uuid);
+    put_u32(buf, TYPE, ty as u32);
+    put_u64(buf, NUMBER, block.0);
+    put_u64(buf, GENERATION, gen);
+    buf[UUID..UUID + 16].copy_from_slice(uuid);
 }
 
 pub fn block_type(buf: &[u8]) -> Option<BlockType> {
@@ -78,29 +88,29 @@ pub fn block_type(buf: &[u8]) -> Option<BlockType> {
 /// The type field as stored (`BlockType as u32` when valid).
 #[inline]
 pub fn raw_type(buf: &[u8]) -> u32 {
-    get_u32(buf, 4)
+    get_u32(buf, TYPE)
 }
 pub fn block_number(buf: &[u8]) -> u64 {
-    get_u64(buf, 8)
+    get_u64(buf, NUMBER)
 }
 pub fn generation(buf: &[u8]) -> u64 {
-    get_u64(buf, 16)
+    get_u64(buf, GENERATION)
 }
 pub fn set_generation(buf: &mut [u8], gen: u64) {
-    put_u64(buf, 16, gen)
+    put_u64(buf, GENERATION, gen)
 }
 pub fn set_block_number(buf: &mut [u8], b: MetaBlock) {
-    put_u64(buf, 8, b.0)
+    put_u64(buf, NUMBER, b.0)
 }
 pub fn stored_crc(buf: &[u8]) -> u32 {
-    get_u32(buf, 0)
+    get_u32(buf, CRC)
 }
 
 /// Seal a block before it goes to disk: compute and store its checksum.
 pub fn seal(buf: &mut [u8]) {
     if let Some(ty) = block_type(buf) {
         let crc = compute_crc(ty, buf);
-        put_u32(buf, 0, crc);
+        put_u32(buf, CRC, crc);
     }
 }
 
@@ -116,7 +126,7 @@ pub fn verify(
         if buf.iter().all(|&b| b == 0) {
             corrupt("block is all zeros (never written, or lost)".into())
         } else {
-            corrupt(format!("unknown block type {:#x}", get_u32(buf, 4)))
+            corrupt(format!("unknown block type {:#x}", raw_type(buf)))
         }
     })?;
     if let Some(e) = expect {

@@ -60,7 +60,19 @@ pub const NR_ROOTS: usize = 8;
 /// Highest sequence number a valid record has: far beyond any real pool (2^62 commits), and
 /// far enough below `u64::MAX` that the next commit's number cannot overflow.
 pub const MAX_SEQ: u64 = 1 << 62;
+// Byte offsets of a record's fields (docs/format.md, "Blocks 1..=2N: the superblock journal").
+const SEQ: usize = 64;
+const SLOT: usize = 72;
+const FLAGS: usize = 76;
+const DATA_BLOCKS: usize = 80;
+const META_BLOCKS: usize = 88;
+const COUNTER0: usize = 96;
+const COUNTER1: usize = 104;
+const DATA_ALLOCATED: usize = 112;
+const META_ALLOCATED: usize = 120;
+/// The roots follow, `ROOT_SIZE` bytes each: block, generation, crc32 of the root node.
 const ROOTS_OFF: usize = 128;
+const ROOT_SIZE: usize = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -83,17 +95,17 @@ impl Record {
     pub fn encode(&self, uuid: &[u8; 16], block: MetaBlock) -> Vec<u8> {
         let mut buf = vec![0u8; BLOCK_SIZE];
         block::init_header(&mut buf, BlockType::Record, block, self.seq, uuid);
-        put_u64(&mut buf, 64, self.seq);
-        put_u32(&mut buf, 72, self.slot);
-        put_u32(&mut buf, 76, self.flags);
-        put_u64(&mut buf, 80, self.data_blocks);
-        put_u64(&mut buf, 88, self.meta_blocks);
-        put_u64(&mut buf, 96, self.counters[0]);
-        put_u64(&mut buf, 104, self.counters[1]);
-        put_u64(&mut buf, 112, self.data_allocated);
-        put_u64(&mut buf, 120, self.meta_allocated);
+        put_u64(&mut buf, SEQ, self.seq);
+        put_u32(&mut buf, SLOT, self.slot);
+        put_u32(&mut buf, FLAGS, self.flags);
+        put_u64(&mut buf, DATA_BLOCKS, self.data_blocks);
+        put_u64(&mut buf, META_BLOCKS, self.meta_blocks);
+        put_u64(&mut buf, COUNTER0, self.counters[0]);
+        put_u64(&mut buf, COUNTER1, self.counters[1]);
+        put_u64(&mut buf, DATA_ALLOCATED, self.data_allocated);
+        put_u64(&mut buf, META_ALLOCATED, self.meta_allocated);
         for (i, r) in self.roots.iter().enumerate() {
-            let o = ROOTS_OFF + i * 24;
+            let o = ROOTS_OFF + i * ROOT_SIZE;
             put_u64(&mut buf, o, r.r.block.0);
             put_u64(&mut buf, o + 8, r.r.gen);
             put_u32(&mut buf, o + 16, r.crc);
@@ -112,7 +124,7 @@ impl Record {
         block::verify(buf, Some(BlockType::Record), block, uuid)?;
         let mut roots = [Root::default(); NR_ROOTS];
         for (i, r) in roots.iter_mut().enumerate() {
-            let o = ROOTS_OFF + i * 24;
+            let o = ROOTS_OFF + i * ROOT_SIZE;
             *r = Root {
                 r: BlockRef {
                     block: MetaBlock(get_u64(buf, o)),
@@ -122,14 +134,14 @@ impl Record {
             };
         }
         let rec = Record {
-            seq: get_u64(buf, 64),
-            slot: get_u32(buf, 72),
-            flags: get_u32(buf, 76),
-            data_blocks: get_u64(buf, 80),
-            meta_blocks: get_u64(buf, 88),
-            counters: [get_u64(buf, 96), get_u64(buf, 104)],
-            data_allocated: get_u64(buf, 112),
-            meta_allocated: get_u64(buf, 120),
+            seq: get_u64(buf, SEQ),
+            slot: get_u32(buf, SLOT),
+            flags: get_u32(buf, FLAGS),
+            data_blocks: get_u64(buf, DATA_BLOCKS),
+            meta_blocks: get_u64(buf, META_BLOCKS),
+            counters: [get_u64(buf, COUNTER0), get_u64(buf, COUNTER1)],
+            data_allocated: get_u64(buf, DATA_ALLOCATED),
+            meta_allocated: get_u64(buf, META_ALLOCATED),
             roots,
         };
         if rec.slot != slot {

@@ -10,6 +10,15 @@ use super::block::{self, get_u32, get_u64, put_u32, put_u64, BlockType};
 use super::{MetaBlock, MetaError, BLOCK_SIZE};
 
 pub const MAGIC: &[u8; 8] = b"THINPOOL";
+
+// Byte offsets of the label's fields (the layout above).
+const MAGIC_AT: usize = 64;
+const VERSION: usize = 72;
+const META_BLOCK_SIZE: usize = 76;
+const DATA_BLOCK_SIZE: usize = 80;
+const RING_SLOTS: usize = 88;
+const META_BLOCKS: usize = 96;
+const CREATED: usize = 104;
 /// On-disk format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -27,13 +36,13 @@ impl Label {
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = vec![0u8; BLOCK_SIZE];
         block::init_header(&mut buf, BlockType::Label, MetaBlock(0), 0, &self.uuid);
-        buf[64..72].copy_from_slice(MAGIC);
-        put_u32(&mut buf, 72, self.version);
-        put_u32(&mut buf, 76, BLOCK_SIZE as u32);
-        put_u64(&mut buf, 80, self.data_block_size);
-        put_u32(&mut buf, 88, self.ring_slots);
-        put_u64(&mut buf, 96, self.meta_blocks);
-        put_u64(&mut buf, 104, self.created);
+        buf[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(MAGIC);
+        put_u32(&mut buf, VERSION, self.version);
+        put_u32(&mut buf, META_BLOCK_SIZE, BLOCK_SIZE as u32);
+        put_u64(&mut buf, DATA_BLOCK_SIZE, self.data_block_size);
+        put_u32(&mut buf, RING_SLOTS, self.ring_slots);
+        put_u64(&mut buf, META_BLOCKS, self.meta_blocks);
+        put_u64(&mut buf, CREATED, self.created);
         block::seal(&mut buf);
         buf
     }
@@ -43,7 +52,7 @@ impl Label {
         if buf.len() < BLOCK_SIZE {
             return Err(bad("metadata file is shorter than one block (truncated?)"));
         }
-        if &buf[64..72] != MAGIC {
+        if &buf[MAGIC_AT..MAGIC_AT + 8] != MAGIC {
             return Err(bad(
                 "no thinpool magic in block 0: not a thinpool metadata file",
             ));
@@ -54,23 +63,23 @@ impl Label {
             return Err(bad("label checksum mismatch: block 0 is damaged"));
         }
         let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&buf[24..40]);
-        let version = get_u32(buf, 72);
+        uuid.copy_from_slice(&buf[block::UUID..block::UUID + 16]);
+        let version = get_u32(buf, VERSION);
         if version != FORMAT_VERSION {
             return Err(MetaError::BadLabel(format!(
                 "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
             )));
         }
-        if get_u32(buf, 76) as usize != BLOCK_SIZE {
+        if get_u32(buf, META_BLOCK_SIZE) as usize != BLOCK_SIZE {
             return Err(bad("unsupported metadata block size"));
         }
         let label = Label {
             uuid,
             version,
-            data_block_size: get_u64(buf, 80),
-            ring_slots: get_u32(buf, 88),
-            meta_blocks: get_u64(buf, 96),
-            created: get_u64(buf, 104),
+            data_block_size: get_u64(buf, DATA_BLOCK_SIZE),
+            ring_slots: get_u32(buf, RING_SLOTS),
+            meta_blocks: get_u64(buf, META_BLOCKS),
+            created: get_u64(buf, CREATED),
         };
         let bs = label.data_block_size;
         if !bs.is_power_of_two() || !(4096..=1 << 30).contains(&bs) {
