@@ -1,4 +1,4 @@
-//! Open cost must not grow with the pool (DESIGN.md §5: open is O(slots)). Builds two
+//! Open cost must not grow with the pool (docs/design.md §5: open is O(slots)). Builds two
 //! file-backed pools with 4 KiB blocks, one with 10 mapped blocks and one with 1,000,000
 //! (scattered over a 16 GiB volume, committed every 50,000 writes), then times
 //! `Pool::open` of each several times and prints min/median and the ratio.

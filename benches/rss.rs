@@ -1,4 +1,4 @@
-//! Memory stays bounded whatever the pool's size (DESIGN.md §3: a bounded metadata cache).
+//! Memory stays bounded whatever the pool's size (docs/design.md §3: a bounded metadata cache).
 //! Writes 1,000,000 scattered 4 KiB blocks (distinct blocks in scattered order over a 16 GiB volume, a commit every
 //! 10,000 writes) through the library, then prints the time taken and this process's peak
 //! RSS (VmHWM). Metadata is a real file; data goes to a null device (it is not the pool's

@@ -1,4 +1,4 @@
-//! Snapshot cost must not depend on how much the volume maps (DESIGN.md §3: a snapshot takes
+//! Snapshot cost must not depend on how much the volume maps (docs/design.md §3: a snapshot takes
 //! one more reference on the origin's root). Compares a volume with 1 MiB mapped against one
 //! with 1 GiB mapped (64 KiB blocks: 16 vs 16384 blocks), each iteration taking a snapshot
 //! and removing it (both committed operations). Metadata on a MemDev (no fsync noise), data

@@ -1,8 +1,9 @@
 //! thinpool: block-level thin provisioning in userspace, in the style of dm-thin.
 //!
-//! Layers (imports point down only): [`pool`] (volumes, snapshots, data path, commit) over
-//! [`meta`] (block manager, COW B-tree, space maps, superblock journal) over [`io`] (block
-//! devices). The CLI in `src/cli` is a thin adapter over [`pool::Pool`].
+//! Layers (imports point down only; docs/design.md §1): [`pool`] (volumes, snapshots, data
+//! path, commit) over [`meta`] (block manager, COW B-tree, space maps, superblock journal) over
+//! [`io`] (block devices). The frontends [`cli`], [`nbd`], [`export`], [`check`] and [`crash`]
+//! are adapters over [`pool::Pool`] (and [`pool::SharedPool`] for the NBD server).
 
 /// `eprintln!` that cannot panic: a message to a closed or broken stderr (say
 /// `thinpool ... 2>&1 | head -1`) is dropped instead of turning into a crash.

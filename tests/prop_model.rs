@@ -356,7 +356,7 @@ impl Harness {
         self.pool = Some(pool);
         if !commit_first {
             // A byte written since the last commit may read as its committed value or as any
-            // value it held since (DESIGN.md §5): in-place writes reach the data device at
+            // value it held since (docs/design.md §5): in-place writes reach the data device at
             // once, new mappings are lost.
             let before = std::mem::replace(&mut self.model, self.committed.clone());
             let ids: Vec<VolumeId> = self.model.vols.keys().copied().collect();

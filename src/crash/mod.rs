@@ -1,4 +1,4 @@
-//! Crash injection (DESIGN.md §6): a seeded random workload runs against a pool on
+//! Crash injection (docs/design.md §6): a seeded random workload runs against a pool on
 //! [`SimDev`](crate::io::SimDev)s; at every flush the devices' state is captured, and
 //! post-crash images are built from the durable state plus subsets of the unflushed writes
 //! (dropped, reordered, torn at 512 bytes). Besides those, a crash point also yields crashes

@@ -1,6 +1,6 @@
 //! The few operating-system calls std does not wrap, kept here so that every `unsafe` block of
-//! the crate lives in `io/` (STYLE.md): `SEEK_DATA`/`SEEK_HOLE`, and SIGINT/SIGTERM handling for
-//! long-running commands.
+//! the crate lives in `io/` (docs/style.md, habit 5): `SEEK_DATA`/`SEEK_HOLE`, and
+//! SIGINT/SIGTERM handling for long-running commands.
 
 use std::fs::File;
 use std::io;

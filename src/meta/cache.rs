@@ -5,8 +5,9 @@
 //! LRU list relinks two neighbours, each a cache miss of its own; on the data path a read
 //! visits several nodes, and the list updates were a visible share of it (issue 9).
 //! A dirty block may be evicted early (written without a sync) because the commit protocol
-//! only ever dirties blocks that were free as of the last durable commit: writing them early
-//! can never damage a committed state. Blocks are sealed (checksummed) on their way out.
+//! only ever dirties blocks that are free in the last two committed states (S and S-1,
+//! docs/design.md §3): writing them early can never damage a protected state. Blocks are
+//! sealed (checksummed) on their way out.
 
 use super::block::{self, BlockType};
 use super::{MetaBlock, MetaError, BLOCK_SIZE};

@@ -1,15 +1,22 @@
 //! The serving process: listeners (unix socket, optional loopback TCP, control socket), one
-//! thread per connection, the commit timer and the shutdown sequence.
+//! thread per connection (handshake, then the request reader; its workers are started by
+//! `transmission`), the commit timer, the writeback thread and the shutdown sequence.
 //!
 //! Invariants:
-//! - The pool is a [`SharedPool`] (src/pool/shared.rs): requests run in parallel, data I/O
-//!   outside the metadata lock; a control command takes the gate exclusively, so it runs
-//!   once the requests in flight have drained and sees every write completed before it (a
-//!   snapshot taken through the control socket contains them).
-//! - A FLUSH or FUA reply is sent only after `Pool::commit` returned Ok. Other writes are
-//!   committed by the timer every `commit_interval` (like dm-thin's periodic commit).
-//! - Shutdown (SIGINT/SIGTERM, or the caller's stop flag): stop accepting, stop reading new
-//!   requests, finish and answer the requests already read, commit, remove the sockets.
+//! - The pool is a [`SharedPool`] (src/pool/shared.rs): requests run in parallel, and the
+//!   data I/O of reads and writes runs outside the metadata lock (a TRIM holds it throughout,
+//!   docs/design.md §4); a control command takes the gate exclusively (after syncing the data
+//!   file while requests still flow), so it runs once the requests in flight have drained and
+//!   sees every write completed before it (a snapshot taken through the control socket
+//!   contains them).
+//! - A FLUSH or FUA reply is sent only after `SharedPool::commit` returned Ok (group commit:
+//!   the first commit that starts after the request arrived). The timer commits every
+//!   `commit_interval` when metadata changed (new mappings, discards; like dm-thin's periodic
+//!   commit); overwrites in place change no mapping and are synced only by a FLUSH/FUA, a
+//!   management command or shutdown.
+//! - Shutdown (SIGINT/SIGTERM, or the caller's stop flag): stop accepting, remove the
+//!   sockets, stop reading new requests (requests still buffered are not dispatched), finish
+//!   and answer the requests already handed to workers, then commit.
 
 use super::control;
 use super::handshake;

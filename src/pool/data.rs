@@ -1,8 +1,9 @@
 //! The data path: read, write, discard and write-zeroes at any byte offset and length.
 //!
 //! - Read: unmapped ranges read as zeros without touching the data file.
-//! - Write to a block this volume owns exclusively (no shared node on its path, data count
-//!   1): in place. Otherwise a new block is allocated; a partial write into a shared block
+//! - Write to a block this volume owns exclusively (mapped since the volume's last snapshot or
+//!   rollback, no shared node on its path, data count 1): in place (docs/design.md §4).
+//!   Otherwise a new block is allocated; a partial write into a shared block
 //!   copies the old contents first, a partial write into an unmapped block zero-fills the
 //!   rest (the whole block is written, so a reused block never shows old bytes) — unless the
 //!   data device says the new block is a hole ([`BlockDev::is_hole`]: never written, or

@@ -1,8 +1,11 @@
 //! `SharedPool`: one pool used by many threads at once (the NBD server's connections).
 //!
-//! DESIGN.md §4: data I/O never holds the metadata lock. A write takes the metadata lock to
-//! *plan* (decide in-place vs new blocks, allocate), releases it for the data I/O, and takes it
-//! again to *finish* (map the new blocks). Three rules keep that safe:
+//! docs/design.md §4: the data I/O of reads and writes never holds the metadata lock. A write
+//! takes the metadata lock to *plan* (decide in-place vs new blocks, allocate), releases it for
+//! the data I/O, and takes it again to *finish* (map the new blocks); a read takes it only to
+//! look up its mappings. (A discard runs wholly under it, including the zeroing of partly
+//! covered blocks, and the out-of-space retry of a write runs with the gate held exclusively.)
+//! Three rules keep that safe:
 //!
 //! - **Same-block writes are serialized** by a range lock on (volume, virtual blocks), so two
 //!   writes never plan against the same mapping. Reads take no range lock: overlapping

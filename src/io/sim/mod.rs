@@ -1,4 +1,4 @@
-//! `SimDev`: a simulated device for crash injection (DESIGN.md §6).
+//! `SimDev`: a simulated device for crash injection (docs/design.md §6).
 //!
 //! Devices are created in a [`SimGroup`] sharing one event clock. Every write is recorded
 //! (offset, bytes, global sequence number); a flush freezes the writes since the previous

@@ -11,10 +11,10 @@
 //! may shadow a page, which allocates a block, which is one more delta; each page is shadowed
 //! at most once per transaction, so the loop ends). The data space map is updated directly.
 //!
-//! Allocation protection (the "deferred frees" of the design): a block is handed out only if
-//! its count is zero now, in the last committed state (S) and in the one before (S-1). The
-//! records keep the index roots of S and S-1, so nothing that either state references is ever
-//! overwritten, and open can fall back one record when the newest one's trees are damaged.
+//! Allocation protection (the "deferred frees" of docs/design.md §3): a block is handed out
+//! only if its count is zero now, in the last committed state (S) and in the one before (S-1).
+//! The records keep the index roots of S and S-1, so nothing that either state references is
+//! ever overwritten, and open can fall back one record when the newest one's trees are damaged.
 
 pub mod disk;
 pub mod page;
