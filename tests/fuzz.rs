@@ -1,4 +1,4 @@
-//! Seeded fuzzing in every CI run (issue 10): each target of `tests/fuzz_harness` gets a
+//! Seeded fuzzing in every CI run (issue 10): each target of `tests/common/fuzz` gets a
 //! fixed number of cases of random bytes from a seeded ChaCha generator, read through
 //! `arbitrary::Unstructured` (the same functions the cargo-fuzz targets in `fuzz/` call).
 //! Each test prints one line `fuzz: TARGET: N cases in T s (seed S)` straight to stderr,
@@ -14,6 +14,7 @@
 //! A case that runs longer than [`CASE_LIMIT`] aborts the process naming the case: every
 //! case must be bounded.
 
+#[path = "common/fuzz/mod.rs"]
 mod fuzz_harness;
 
 use rand::{Rng, RngCore, SeedableRng};

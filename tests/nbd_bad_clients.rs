@@ -1,6 +1,7 @@
 //! Misbehaving clients on raw sockets: malformed handshakes and requests get error replies
 //! or a clean disconnect, and never disturb a well-behaved connection running alongside.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::raw::*;
 use nbd_util::*;

@@ -1,6 +1,7 @@
 //! The real `thinpool serve` binary with management commands from other processes: they go
 //! through the control socket and run between NBD requests.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::raw::Raw;
 use nbd_util::*;

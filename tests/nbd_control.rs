@@ -1,6 +1,7 @@
 //! The control socket and the server's lifecycle: commands run between requests, snapshots
 //! hold every completed write, attached volumes are protected, shutdown commits.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::raw::Raw;
 use nbd_util::*;

@@ -1,6 +1,7 @@
 //! fio through its libnbd engine: random read/write with crc32c verification, four jobs
 //! (four connections) on one volume, each job on its own region.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::*;
 use std::process::Command;

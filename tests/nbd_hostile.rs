@@ -2,6 +2,7 @@
 //! never read their replies cannot make the server's memory grow without bound, and a
 //! client that queued work and left does not keep the server busy or delay its shutdown.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::raw::*;
 use nbd_util::*;

@@ -5,6 +5,7 @@
 //! Needs root, /dev/fuse and loop devices. Missing tools fail under `CI`; a machine without
 //! the privileges skips loudly unless `THINPOOL_REQUIRE_KERNEL` is set.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::*;
 use std::path::{Path, PathBuf};

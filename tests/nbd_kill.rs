@@ -7,6 +7,7 @@
 //! as a write sent after it (never older, never another slot's data); a slot with no
 //! flushed write may also read as zeros. Half the rounds commit on a 20 ms timer as well.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::raw::{Raw, REQ_MAGIC, SIMPLE};
 use nbd_util::*;

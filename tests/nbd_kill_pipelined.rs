@@ -36,6 +36,7 @@
 //! summary line goes to stderr. Violations are all counted and printed (the first eight per
 //! round) before the test fails with the first, naming its round, seed and parameters.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::raw::{Raw, REQ_MAGIC, SIMPLE};
 use nbd_util::*;

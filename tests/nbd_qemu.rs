@@ -1,5 +1,6 @@
 //! Real NBD clients against an in-process server: qemu-io, qemu-img, nbdinfo, nbdcopy.
 
+#[path = "common/nbd.rs"]
 mod nbd_util;
 use nbd_util::*;
 use std::process::Command;

@@ -1,10 +1,10 @@
-//! One libFuzzer binary for every harness target of `tests/fuzz_harness` (the functions the
+//! One libFuzzer binary for every harness target of `tests/common/fuzz` (the functions the
 //! seeded CI runner calls). The target is chosen by the `FUZZ_TARGET` environment variable
 //! (a name from `TARGETS`, e.g. `node_in_pool`): `FUZZ_TARGET=rbd_diff cargo +nightly fuzz
 //! run fuzz_target`. See fuzz/README.md.
 #![no_main]
 
-#[path = "../../tests/fuzz_harness/mod.rs"]
+#[path = "../../tests/common/fuzz/mod.rs"]
 mod fuzz_harness;
 
 use std::sync::OnceLock;

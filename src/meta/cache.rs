@@ -16,6 +16,10 @@ use crate::io::BlockDev;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod eviction_tests;
+
 /// One 4 KiB metadata block in memory.
 pub type Block = Arc<Vec<u8>>;
 

@@ -11,6 +11,10 @@
 use super::block::{self, get_u32, get_u64, put_u32, put_u64, BlockType};
 use super::{MetaBlock, MetaError, BLOCK_SIZE};
 
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;
+
 /// A pointer to a metadata block with the generation it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BlockRef {

@@ -9,6 +9,10 @@
 use super::block::{self, get_u32, get_u64, put_u32, put_u64, BlockType};
 use super::{MetaBlock, MetaError, BLOCK_SIZE};
 
+#[cfg(test)]
+#[path = "label_tests.rs"]
+mod tests;
+
 pub const MAGIC: &[u8; 8] = b"THINPOOL";
 
 // Byte offsets of the label's fields (the layout above).

@@ -11,6 +11,9 @@ pub mod label;
 pub mod spacemap;
 pub mod txn;
 
+#[cfg(test)]
+pub(crate) mod test_util;
+
 use std::fmt;
 use std::io;
 

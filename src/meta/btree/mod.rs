@@ -18,6 +18,8 @@
 
 mod node;
 mod ops;
+#[cfg(test)]
+mod tests;
 
 pub use node::{Node, FLAG_LEAF, KEYS, KIND, MAX_ENTRIES, NR_ENTRIES, VALUE_SIZE};
 pub use ops::Btree;

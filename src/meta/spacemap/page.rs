@@ -6,6 +6,10 @@ use crate::meta::block::{get_u32, put_u32, HEADER_SIZE};
 use crate::meta::BLOCK_SIZE;
 use bitvec::prelude::*;
 
+#[cfg(test)]
+#[path = "page_tests.rs"]
+mod format_tests;
+
 /// Byte offset of the page's count of zero entries.
 pub const NR_FREE: usize = 40;
 

@@ -17,6 +17,10 @@ use crate::io::BlockDev;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+#[cfg(test)]
+#[path = "open_tests.rs"]
+mod tests;
+
 /// What open found in the journal (reported by `pool info` and the checker).
 #[derive(Debug, Clone)]
 pub struct OpenReport {

@@ -11,6 +11,10 @@ use super::super::spacemap::{SmKind, SmMemo, SmState, SmStore, SpaceMap, SM_INDE
 use super::super::{DataBlock, MetaBlock, MetaError, Result};
 use super::{Tm, META_RESERVE};
 
+#[cfg(test)]
+#[path = "refcount_tests.rs"]
+mod tests;
+
 impl SmStore for Tm {
     fn sm_state(&self, k: SmKind) -> &SmState {
         match k {

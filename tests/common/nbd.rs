@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use thinpool::nbd::{serve_until, ControlHandler, ServeOptions};
 use thinpool::pool::{CreateOptions, Pool};
 
-#[path = "../common/tools.rs"]
+#[path = "tools.rs"]
 mod tools;
 #[allow(unused_imports)] // not every NBD test drives an external client
 pub use tools::have_tools;
