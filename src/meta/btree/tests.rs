@@ -653,14 +653,40 @@ fn a_snapshot_keeps_its_content_while_the_clone_changes() {
 }
 
 #[test]
+fn a_snapshot_taken_in_the_transaction_that_wrote_the_tree_is_still_copied_on_write() {
+    // No commit between building the tree and the snapshot: its nodes are this
+    // transaction's own, but shared now, so they must not be edited in place.
+    let mut s = MemStore::new();
+    let mut root = s.btree_empty(WIDE).unwrap();
+    for k in 0..50u64 {
+        s.btree_insert(&mut root, WIDE, k, &wide(k)).unwrap();
+    }
+    let snap = root;
+    s.btree_inc(snap);
+    let before = reachable(&mut s, snap, WIDE);
+    for k in 0..50u64 {
+        s.btree_insert(&mut root, WIDE, k, &wide(k + 100)).unwrap();
+    }
+    s.btree_remove(&mut root, WIDE, 7).unwrap().unwrap();
+    assert_eq!(reachable(&mut s, snap, WIDE), before);
+    let (_, e) = check_tree(&mut s, snap, WIDE);
+    assert_eq!(e, (0..50).map(|k| (k, wide(k))).collect::<Vec<_>>());
+    assert_eq!(s.btree_lookup(root, WIDE, 8).unwrap(), Some(wide(108)));
+    assert_eq!(s.btree_lookup(root, WIDE, 7).unwrap(), None);
+    s.btree_dec(root, WIDE).unwrap();
+    s.btree_dec(snap, WIDE).unwrap();
+    s.assert_empty();
+}
+
+#[test]
 fn random_operations_agree_with_a_btreemap_and_snapshots_stay_frozen() {
     let mut rng = ChaCha8Rng::seed_from_u64(0x7417_b7ee);
     let mut s = MemStore::new();
     let mut root = s.btree_empty(DATA).unwrap();
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-    // A frozen root with the model and the raw node bytes it had then.
-    type Snap = (BlockRef, BTreeMap<u64, u64>, BTreeMap<u64, Vec<u8>>);
-    let mut snaps: Vec<Snap> = Vec::new();
+    // Each snapshot: its root, its model, its blocks' bytes.
+    type Snapshot = (BlockRef, BTreeMap<u64, u64>, BTreeMap<u64, Vec<u8>>);
+    let mut snaps: Vec<Snapshot> = Vec::new();
     let mut next_data = 0u64;
     for step in 0..20_000u32 {
         // A narrow key space makes replacements and removals of present keys common.

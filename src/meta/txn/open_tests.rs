@@ -24,7 +24,8 @@ fn commit_to(tm: &mut Tm, roots: &mut [BlockRef; 2], upto: u64, touch: bool) {
                 counters: [seq, 0],
             })
             .unwrap();
-        assert_eq!((rec.seq, rec.slot), (seq, (seq % SLOTS as u64) as u32));
+        let slots = tm.label.ring_slots as u64;
+        assert_eq!((rec.seq, rec.slot), (seq, (seq % slots) as u32));
     }
 }
 
@@ -202,13 +203,15 @@ fn damaged_trees_of_the_newest_record_are_a_reported_rewind() {
 
 #[test]
 fn damage_shared_by_the_last_three_records_is_not_papered_over() {
-    let (dev, mut tm, mut roots) = mem_tm(256, 16, SLOTS);
-    commit_to(&mut tm, &mut roots, 3, true);
-    // Commits 4 to 6 keep the same user trees.
+    // Eight slots: the journal still holds records 1 to 6.
+    let (dev, mut tm, mut roots) = mem_tm(256, 16, 8);
+    commit_to(&mut tm, &mut roots, 2, true);
+    // Commits 3 to 6 keep the same user trees.
     commit_to(&mut tm, &mut roots, 6, false);
     drop(tm);
     poke(&dev, roots[0].block.0, 2000, &[0xee; 16]);
-    // Records 4, 5 and 6 all name the damaged root; record 3 is older than open may use.
+    // Records 2 to 6 name the damaged root. Record 1 does not, but it is older than the
+    // last three commits: blocks it references may have been reused since.
     match open(&dev) {
         Err(MetaError::NoValidRecord(why)) => assert!(why.contains("damaged"), "{why}"),
         Err(e) => panic!("wrong error {e}"),
