@@ -17,6 +17,7 @@ macro_rules! eprintln {
 pub mod check;
 pub mod cli;
 pub mod crash;
+pub mod dmthin;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,120 @@
+//! The pool as `thin_dump` sees it: a superblock and devices, each with runs of mappings.
+//!
+//! Units follow thin_dump: `data_block_size` is in 512-byte sectors; every block number and
+//! run length is in data blocks. Fields dm-thin lacks (names, sizes, read-only flags,
+//! origins) are `None`/`false` when the source cannot say; the JSON dump carries them.
+
+use serde::{Deserialize, Serialize};
+
+/// One pool: thin_dump's `<superblock>` and everything inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolDump {
+    /// thin_dump's `uuid` attribute (empty when the source has none).
+    pub uuid: String,
+    /// The pool's current snapshot time (dm-thin's superblock `time`).
+    pub time: u32,
+    /// The pool's transaction id (thinpool: the seq of the commit dumped).
+    pub transaction: u64,
+    pub flags: u32,
+    pub version: u32,
+    /// Data block size in 512-byte sectors.
+    pub data_block_size: u32,
+    /// Data blocks the data device holds.
+    pub nr_data_blocks: u64,
+    /// By ascending `dev_id`.
+    pub devices: Vec<DeviceDump>,
+}
+
+/// One thin device (a thinpool volume): thin_dump's `<device>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDump {
+    pub dev_id: u64,
+    /// Number of mapped blocks (the sum of the runs' lengths).
+    pub mapped_blocks: u64,
+    pub transaction: u64,
+    pub creation_time: u32,
+    pub snap_time: u32,
+    /// thinpool's volume name; `None` from an XML dump or dm-thin metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Size in bytes; `None` when the source does not record one (dm-thin keeps sizes in
+    /// the table, not the metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// The dev_id this one is a snapshot of, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<u64>,
+    /// By ascending `origin_begin`, not overlapping.
+    pub mappings: Vec<Run>,
+}
+
+/// `length` consecutive virtual blocks from `origin_begin` mapped to consecutive data blocks
+/// from `data_begin`, all with the same `time` (thin_dump's `<range_mapping>`; a run of length
+/// 1 is a `<single_mapping>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub origin_begin: u64,
+    pub data_begin: u64,
+    pub length: u64,
+    pub time: u32,
+}
+
+impl DeviceDump {
+    /// Appends one mapping, extending the last run when it continues it (runs merged, as
+    /// thin_dump merges them). Mappings must come in ascending virtual order.
+    pub fn push_mapping(&mut self, origin: u64, data: u64, time: u32) {
+        self.mapped_blocks += 1;
+        if let Some(last) = self.mappings.last_mut() {
+            if last.time == time
+                && last.origin_begin + last.length == origin
+                && last.data_begin + last.length == data
+            {
+                last.length += 1;
+                return;
+            }
+        }
+        self.mappings.push(Run {
+            origin_begin: origin,
+            data_begin: data,
+            length: 1,
+            time,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> DeviceDump {
+        DeviceDump {
+            dev_id: 0,
+            mapped_blocks: 0,
+            transaction: 0,
+            creation_time: 0,
+            snap_time: 0,
+            name: None,
+            size: None,
+            read_only: false,
+            origin: None,
+            mappings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn consecutive_mappings_merge_into_runs() {
+        let mut d = dev();
+        for (o, b, t) in [(0, 10, 1), (1, 11, 1), (2, 12, 2), (4, 13, 2), (5, 14, 2)] {
+            d.push_mapping(o, b, t);
+        }
+        let runs: Vec<_> = d
+            .mappings
+            .iter()
+            .map(|r| (r.origin_begin, r.data_begin, r.length, r.time))
+            .collect();
+        assert_eq!(runs, vec![(0, 10, 2, 1), (2, 12, 1, 2), (4, 13, 2, 2)]);
+        assert_eq!(d.mapped_blocks, 5);
+    }
+}
