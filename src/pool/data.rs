@@ -1,20 +1,19 @@
-//! The data path: read, write, discard and write-zeroes at any byte offset and length.
+//! The data path's I/O: reads of volumes (unmapped ranges read as zeros without touching the
+//! data file) and the data I/O of a [`WritePlan`] that pool/write.rs decided.
 //!
-//! - Read: unmapped ranges read as zeros without touching the data file.
-//! - Write to a block this volume owns exclusively (mapped since the volume's last snapshot or
-//!   rollback, no shared node on its path, data count 1): in place (docs/design.md §4).
-//!   Otherwise a new block is allocated; a partial write into a shared block
-//!   copies the old contents first, a partial write into an unmapped block zero-fills the
-//!   rest (the whole block is written, so a reused block never shows old bytes) — unless the
-//!   data device says the new block is a hole ([`BlockDev::is_hole`]: never written, or
-//!   punched since), where the zeros are already there and only the new bytes are written.
-//!   That is what keeps a 4 KiB write into a fresh 64 KiB block a 4 KiB write. A punched
-//!   block is punched by the commit it left the protected window with, and the data flush
-//!   of the commit that maps it again (fdatasync) makes that punch durable first, so after a
-//!   crash a mapped block never shows bytes older than its hole.
-//! - All blocks a write needs are allocated before anything changes, so a full pool fails
-//!   the write with ENOSPC and changes nothing.
-//! - Discard unmaps whole blocks and zeroes the covered part of partial edge blocks.
+//! [`write_data`] carries out a plan: a [`Target::InPlace`] block is overwritten; a
+//! [`Target::New`] block gets the request's bytes, and for a partial write the rest of the
+//! block too — copied from `old` when the block was shared, zeros when it was unmapped, so a
+//! reused block never shows old bytes — unless the data device says the new block is a hole
+//! ([`BlockDev::is_hole`]: never written, or punched since), where the zeros are already
+//! there and only the new bytes are written. That keeps a 4 KiB write into a fresh 64 KiB
+//! block a 4 KiB write. A punched block is punched by the commit it left the protected window
+//! with, and the data flush of the commit that maps it again (fdatasync) makes that punch
+//! durable first, so after a crash a mapped block never shows bytes older than its hole.
+//! Contiguous pieces are merged into runs of at most `MAX_RUN` bytes, and a long write's new
+//! blocks start their writeback at once (`WRITEBACK_RUN`). Which blocks are
+//! written in place, and the all-or-nothing allocation before anything changes, are
+//! pool/write.rs's (docs/design.md §4).
 
 use super::details::Access;
 use super::trees::{unpack_mapping, MAPPING};

@@ -246,6 +246,8 @@ impl SharedPool {
         if self.lock()?.check_write(id, offset, len)?.is_none() {
             return Ok(());
         }
+        // The whole range was checked above, so nothing is written when any of it is out
+        // of range; each chunk's write checks its own piece again (cheap: the volume is memoised).
         zero_chunks(self.block_size, offset, len, |pos, z| {
             self.write(id, pos, z)
         })

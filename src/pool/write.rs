@@ -159,6 +159,8 @@ impl Pool {
         if self.check_write(id, offset, len)?.is_none() {
             return Ok(());
         }
+        // The whole range was checked above, so nothing is written when any of it is out
+        // of range; each chunk's write checks its own piece again (cheap: the volume is memoised).
         zero_chunks(self.block_size(), offset, len, |pos, z| {
             self.write(id, pos, z)
         })

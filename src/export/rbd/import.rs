@@ -71,7 +71,8 @@ pub fn import_diff(
         .clone()
         .filter(|t| !opts.no_snapshot && t != vol);
     if let Some(t) = &take {
-        // Checked before anything is applied: the snapshot is taken last.
+        // Checked before anything is applied: the snapshot is taken last, after the commit,
+        // where a failure could no longer roll the target back.
         validate_name(t).map_err(|why| ExportError::BadToSnap {
             name: t.clone(),
             why,
@@ -79,12 +80,6 @@ pub fn import_diff(
         if pool.find(t).is_ok() {
             return Err(ExportError::ToSnapExists(t.clone()));
         }
-        // Refused now, not after the data went in: the snapshot is taken after the commit,
-        // where a failure could no longer roll the target back.
-        crate::pool::details::validate_name(t).map_err(|why| PoolError::InvalidName {
-            name: t.clone(),
-            why,
-        })?;
     }
     if let Some(s) = rep.size {
         progress.set_total(s);

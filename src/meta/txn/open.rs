@@ -76,7 +76,7 @@ impl OpenReport {
 }
 impl Tm {
     /// Initialise a new metadata device. The caller builds its user trees with
-    /// [`Tm::btree_empty`] and commits.
+    /// [`crate::meta::btree::Btree::btree_empty`] and commits.
     pub fn create(
         dev: Arc<dyn BlockDev>,
         label: Label,

@@ -10,7 +10,8 @@
 //! `check` finds nothing, the pool opens, reads every volume, and a write, its read-back and
 //! a commit work and leave `check` clean.
 
-use super::{mutate, once, pattern, read_block, reseal, sealed_as, OverlayDev};
+use super::{create_pool, mutate, once, open_options, overlays, pattern, read_block, reseal};
+use super::{sealed_as, OverlayDev, BS, META_CAP};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -26,11 +27,8 @@ use thinpool::meta::spacemap::{SM_INDEX, SM_OVERFLOW};
 use thinpool::meta::{MetaBlock, BLOCK_SIZE};
 use thinpool::pool::details::DETAILS;
 use thinpool::pool::trees::{DEV_ROOTS, MAPPING};
-use thinpool::pool::{CreateOptions, OpenOptions, Pool, PoolError};
+use thinpool::pool::{OpenOptions, Pool, PoolError};
 
-const META_CAP: u64 = 2 << 20;
-const DATA_CAP: u64 = 4 << 20;
-const BS: u64 = 4096;
 /// Volumes whose contents are the same in the last three commits (see [`fixture`]).
 pub const REAL_VOLS: [&str; 4] = ["a", "snap", "b", "ro"];
 
@@ -56,18 +54,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn devs(&self) -> (Arc<OverlayDev>, Arc<OverlayDev>) {
-        (
-            Arc::new(OverlayDev::new(
-                self.meta.clone(),
-                self.meta.len() as u64,
-                META_CAP,
-            )),
-            Arc::new(OverlayDev::new(
-                self.data.clone(),
-                self.data.len() as u64,
-                DATA_CAP,
-            )),
-        )
+        overlays(&self.meta, &self.data)
     }
 }
 
@@ -78,13 +65,7 @@ pub fn fixture() -> &'static Fixture {
 }
 
 fn build_fixture() -> Fixture {
-    let meta = Arc::new(OverlayDev::empty(META_CAP));
-    let data = Arc::new(OverlayDev::empty(DATA_CAP));
-    let mut o = CreateOptions::new(DATA_CAP);
-    o.block_size = BS;
-    o.metadata_size = Some(META_CAP);
-    o.cache_blocks = 64;
-    let mut p = Pool::create_on(meta.clone(), data.clone(), &o).unwrap();
+    let (mut p, meta, data) = create_pool();
     let a = p.create_volume("a", 384 * BS, false).unwrap();
     for vb in (0..384u64).filter(|v| v % 5 != 0) {
         p.write(a, vb * BS, &pattern(1, vb * BS, BS as usize))
@@ -232,11 +213,7 @@ pub fn damaged_pool(f: &Fixture, meta: Arc<OverlayDev>, data: Arc<OverlayDev>, d
             "check missed a damaged block without a valid checksum"
         );
     }
-    let ro = OpenOptions {
-        read_only: true,
-        cache_blocks: 64,
-        ..OpenOptions::default()
-    };
+    let ro = open_options(true);
     let mut before = Vec::new();
     match Pool::open_on(meta.clone(), data.clone(), &ro) {
         Ok(mut p) => {
@@ -272,9 +249,8 @@ pub fn damaged_pool(f: &Fixture, meta: Arc<OverlayDev>, data: Arc<OverlayDev>, d
         }
     }
     let rw = OpenOptions {
-        cache_blocks: 64,
         rewind: !rep.is_clean(),
-        ..OpenOptions::default()
+        ..open_options(false)
     };
     let mut p = match Pool::open_on(meta.clone(), data.clone(), &rw) {
         Ok(p) => p,
@@ -657,11 +633,7 @@ pub fn journal_in_pool(data: &[u8]) {
     let scan = journal::scan(meta.as_ref(), &f.uuid, ring).unwrap();
     let valid: Vec<&Record> = scan.iter().filter_map(|s| s.result.as_ref().ok()).collect();
     let rep = check::check(meta.clone(), None);
-    let ro = OpenOptions {
-        read_only: true,
-        cache_blocks: 64,
-        ..OpenOptions::default()
-    };
+    let ro = open_options(true);
     let Ok(mut p) = Pool::open_on(meta.clone(), dev.clone(), &ro) else {
         assert!(!rep.is_clean(), "check is clean but open fails");
         return;
@@ -696,8 +668,7 @@ pub fn journal_in_pool(data: &[u8]) {
     drop(p);
     let rw = OpenOptions {
         rewind: true,
-        cache_blocks: 64,
-        ..OpenOptions::default()
+        ..open_options(false)
     };
     if let Ok(mut p) = Pool::open_on(meta.clone(), dev.clone(), &rw) {
         if let Ok((b, _)) = p.find("b") {

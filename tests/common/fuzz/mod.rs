@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use thinpool::io::BlockDev;
 use thinpool::meta::block::{self, BlockType};
 use thinpool::meta::BLOCK_SIZE;
+use thinpool::pool::{CreateOptions, OpenOptions, Pool};
 
 /// One named target: the runner gives each case `max_len` random bytes at most.
 pub struct Target {
@@ -346,4 +347,39 @@ pub fn pattern(tag: u64, offset: u64, len: usize) -> Vec<u8> {
 /// Built once per process.
 pub fn once<T: Send + Sync>(cell: &'static OnceLock<T>, f: impl FnOnce() -> T) -> &'static T {
     cell.get_or_init(f)
+}
+
+/// Geometry of every fuzz pool: 4 KiB data blocks, 2 MiB of metadata, 4 MiB of data.
+pub const BS: u64 = 4096;
+pub const META_CAP: u64 = 2 << 20;
+pub const DATA_CAP: u64 = 4 << 20;
+
+/// A new pool on empty in-memory devices with the fuzz geometry (64 cached blocks); the
+/// caller fills it and freezes the devices with [`OverlayDev::image`].
+pub fn create_pool() -> (Pool, Arc<OverlayDev>, Arc<OverlayDev>) {
+    let meta = Arc::new(OverlayDev::empty(META_CAP));
+    let data = Arc::new(OverlayDev::empty(DATA_CAP));
+    let mut o = CreateOptions::new(DATA_CAP);
+    o.block_size = BS;
+    o.metadata_size = Some(META_CAP);
+    o.cache_blocks = 64;
+    let p = Pool::create_on(meta.clone(), data.clone(), &o).unwrap();
+    (p, meta, data)
+}
+
+/// Copy-on-write devices over a frozen pool's images: each case writes to its own copies.
+pub fn overlays(meta: &Arc<Vec<u8>>, data: &Arc<Vec<u8>>) -> (Arc<OverlayDev>, Arc<OverlayDev>) {
+    (
+        Arc::new(OverlayDev::new(meta.clone(), meta.len() as u64, META_CAP)),
+        Arc::new(OverlayDev::new(data.clone(), data.len() as u64, DATA_CAP)),
+    )
+}
+
+/// Open options of every fuzz case: the fuzz geometry's 64 cached blocks.
+pub fn open_options(read_only: bool) -> OpenOptions {
+    OpenOptions {
+        cache_blocks: 64,
+        read_only,
+        ..OpenOptions::default()
+    }
 }

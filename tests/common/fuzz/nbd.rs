@@ -7,18 +7,15 @@
 //! refused (or refused with an error no rule gives), read data or a block-status extent
 //! that disagrees with what was written.
 
-use super::{once, pattern, OverlayDev};
+use super::{create_pool, once, open_options, overlays, pattern, OverlayDev, BS};
 use arbitrary::Unstructured;
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, OnceLock};
 use thinpool::fuzzing::NbdServer;
 use thinpool::nbd::proto::*;
-use thinpool::pool::{CreateOptions, OpenOptions, Pool};
+use thinpool::pool::Pool;
 
-const BS: u64 = 4096;
-const META_CAP: u64 = 2 << 20;
-const DATA_CAP: u64 = 4 << 20;
 const EXPORTS: [(&str, u64, bool); 2] = [("v", 64 * BS + 512, false), ("r", 16 * BS, true)];
 
 struct Base {
@@ -30,13 +27,7 @@ static BASE: OnceLock<Base> = OnceLock::new();
 
 fn base() -> &'static Base {
     once(&BASE, || {
-        let meta = Arc::new(OverlayDev::empty(META_CAP));
-        let data = Arc::new(OverlayDev::empty(DATA_CAP));
-        let mut o = CreateOptions::new(DATA_CAP);
-        o.block_size = BS;
-        o.metadata_size = Some(META_CAP);
-        o.cache_blocks = 64;
-        let mut p = Pool::create_on(meta.clone(), data.clone(), &o).unwrap();
+        let (mut p, meta, data) = create_pool();
         let v = p.create_volume("v", EXPORTS[0].1, false).unwrap();
         p.write(v, 5000, &pattern(1, 5000, 30000)).unwrap();
         p.write(v, 50 * BS, &pattern(2, 0, 3 * BS as usize))
@@ -55,21 +46,8 @@ fn base() -> &'static Base {
 
 fn new_server(read_only: bool) -> (NbdServer, Arc<OverlayDev>) {
     let b = base();
-    let meta = Arc::new(OverlayDev::new(
-        b.meta.clone(),
-        b.meta.len() as u64,
-        META_CAP,
-    ));
-    let data = Arc::new(OverlayDev::new(
-        b.data.clone(),
-        b.data.len() as u64,
-        DATA_CAP,
-    ));
-    let o = OpenOptions {
-        cache_blocks: 64,
-        ..OpenOptions::default()
-    };
-    let p = Pool::open_on(meta.clone(), data, &o).unwrap();
+    let (meta, data) = overlays(&b.meta, &b.data);
+    let p = Pool::open_on(meta.clone(), data, &open_options(false)).unwrap();
     (NbdServer::new(p, read_only), meta)
 }
 

@@ -7,7 +7,7 @@
 //! it applied; an import that fails must leave the pool's volumes as they were; a stream the
 //! reference finds well-formed and applicable must not be refused.
 
-use super::{once, pattern, OverlayDev};
+use super::{create_pool, once, open_options, overlays, pattern, BS};
 use arbitrary::Unstructured;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
@@ -15,11 +15,7 @@ use thinpool::export::rbd::HEADER;
 use thinpool::export::{import_diff as apply_diff, ExportError, ImportDiffOptions};
 use thinpool::io::BlockDev;
 use thinpool::pool::details::validate_name;
-use thinpool::pool::{CreateOptions, OpenOptions, Pool, VolumeId};
-
-const BS: u64 = 4096;
-const META_CAP: u64 = 2 << 20;
-const DATA_CAP: u64 = 4 << 20;
+use thinpool::pool::{Pool, VolumeId};
 
 struct Base {
     meta: Arc<Vec<u8>>,
@@ -30,13 +26,7 @@ static BASE: OnceLock<Base> = OnceLock::new();
 
 fn base() -> &'static Base {
     once(&BASE, || {
-        let meta = Arc::new(OverlayDev::empty(META_CAP));
-        let data = Arc::new(OverlayDev::empty(DATA_CAP));
-        let mut o = CreateOptions::new(DATA_CAP);
-        o.block_size = BS;
-        o.metadata_size = Some(META_CAP);
-        o.cache_blocks = 64;
-        let mut p = Pool::create_on(meta.clone(), data.clone(), &o).unwrap();
+        let (mut p, meta, data) = create_pool();
         let t = p.create_volume("t", 16 * BS, false).unwrap();
         p.write(t, 3000, &pattern(1, 3000, 20000)).unwrap();
         p.snapshot("t", "s1", true).unwrap();
@@ -401,21 +391,8 @@ fn reference(
 pub fn import_diff(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let b = base();
-    let meta = Arc::new(OverlayDev::new(
-        b.meta.clone(),
-        b.meta.len() as u64,
-        META_CAP,
-    ));
-    let dev = Arc::new(OverlayDev::new(
-        b.data.clone(),
-        b.data.len() as u64,
-        DATA_CAP,
-    ));
-    let o = OpenOptions {
-        cache_blocks: 64,
-        ..OpenOptions::default()
-    };
-    let mut p = Pool::open_on(meta.clone(), dev.clone(), &o).unwrap();
+    let (meta, dev) = overlays(&b.meta, &b.data);
+    let mut p = Pool::open_on(meta.clone(), dev.clone(), &open_options(false)).unwrap();
     let target = match u.int_in_range(0..=15u8).unwrap_or(0) {
         0 => "other",
         1 => "ro",
