@@ -236,7 +236,7 @@ impl Pool {
     /// Read `buf.len()` bytes of volume `id` from byte `offset`.
     pub fn read(&mut self, id: VolumeId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let bs = self.block_size();
-        if !buf.is_empty() && offset / bs == (offset + buf.len() as u64 - 1) / bs {
+        if !buf.is_empty() && offset / bs == offset.saturating_add(buf.len() as u64 - 1) / bs {
             // Inside one block (most small reads): one lookup and one read, nothing allocated.
             self.resolve(id, offset, buf.len() as u64, Access::Read)?;
             return match self.map_one(id, offset / bs)? {
