@@ -245,19 +245,17 @@ impl Pool {
             .iter()
             .filter(|(_, t)| matches!(t, Target::New { .. }))
             .count();
+        // Room for the tree updates (and the space-map pages the allocation shadows: the
+        // margin), checked before the first change, so nothing is undone on failure.
+        if self.tm.meta_free_estimate() < 64 + need as u64 / 64 * 4 + 16 {
+            return Err(MetaError::NoMetadataSpace.into());
+        }
         let fresh: Vec<u64> = self
             .tm
             .alloc_data_blocks(need)?
             .into_iter()
             .map(|b| b.0)
             .collect();
-        // Room for the tree updates, checked before the first change.
-        if self.tm.meta_free_estimate() < 64 + need as u64 / 64 * 4 + 16 {
-            for b in fresh {
-                self.tm.data_dec(DataBlock(b))?;
-            }
-            return Err(MetaError::NoMetadataSpace.into());
-        }
         self.extents
             .before_write(self.data.as_ref(), self.block_size, &fresh);
         let mut fi = fresh.iter();

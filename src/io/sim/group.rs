@@ -58,16 +58,12 @@ impl SimGroup {
     /// state. A pool recovered on such devices keeps running, and its writes and flushes
     /// are recorded as usual, so it can crash again (a crash during or after recovery).
     pub fn add_image(&self, img: &CrashImage) -> SimDev {
-        let mut durable = img.layers.clone();
-        let top = img.top.lock().unwrap();
-        if !top.sectors.is_empty() {
-            durable.push(Arc::new(top.clone()));
-        }
+        let (durable, capacity) = img.durable_layers();
         let mut g = self.g.lock().unwrap();
         g.devs.push(DevState {
             durable,
             len: img.len(),
-            capacity: img.capacity,
+            capacity,
             ..Default::default()
         });
         SimDev {

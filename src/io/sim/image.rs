@@ -75,10 +75,10 @@ pub struct CrashFaults {
 /// A device holding a post-crash state: durable layers plus one layer of surviving
 /// unflushed writes, plus its own writes (recovery) on top.
 pub struct CrashImage {
-    pub(super) layers: Vec<Arc<Layer>>,
-    pub(super) top: Mutex<Layer>,
+    layers: Vec<Arc<Layer>>,
+    top: Mutex<Layer>,
     len: std::sync::atomic::AtomicU64,
-    pub(super) capacity: u64,
+    capacity: u64,
     /// Reads touching this byte range fail with EIO (fault injection).
     fail_reads: Option<(u64, u64)>,
 }
@@ -156,6 +156,18 @@ impl CrashImage {
     }
 
     /// Every write this device ever received (durable and surviving), as sector numbers.
+    /// Everything this image holds, as durable layers oldest first (its writes since the
+    /// crash become one more layer), and its capacity: what a new device of a group starts
+    /// from ([`super::SimGroup::add_image`]).
+    pub(super) fn durable_layers(&self) -> (Vec<Arc<Layer>>, u64) {
+        let mut durable = self.layers.clone();
+        let top = self.top.lock().unwrap();
+        if !top.sectors.is_empty() {
+            durable.push(Arc::new(top.clone()));
+        }
+        (durable, self.capacity)
+    }
+
     pub fn written_sectors(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self
             .layers
