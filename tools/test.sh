@@ -37,8 +37,11 @@ cargo build --release
 # use it) and the pread/pwrite fallback that containers without io_uring get (issue 9).
 echo "== cargo test, io engine: auto ($(./target/release/thinpool --version))"
 cargo test --release 2>&1 | tee /tmp/thinpool-test.log
-echo "== cargo test, io engine: sync (THINPOOL_IO_ENGINE=sync)"
-THINPOOL_IO_ENGINE=sync cargo test --release 2>&1 | tee /tmp/thinpool-test-sync.log
+# The second pass also turns arithmetic overflow checks on (a release build wraps silently;
+# a read at an offset near 2^64 once overflowed where only a debug build noticed).
+echo "== cargo test, io engine: sync (THINPOOL_IO_ENGINE=sync), overflow checks on"
+THINPOOL_IO_ENGINE=sync CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true cargo test --release 2>&1 |
+  tee /tmp/thinpool-test-sync.log
 
 # The concurrency model (issue 10): the real SharedPool under shuttle's schedulers, a few
 # thousand schedules per scenario, and each seeded bug must be found. Prints its counts.
