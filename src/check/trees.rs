@@ -18,11 +18,17 @@ impl Checker {
         for b in 0..self.label.first_free_block().min(self.rec.meta_blocks) {
             self.meta_refs[b as usize] += 1;
         }
-        let rec = self.rec.clone();
-        let r = |id| rec.root(id).r;
+        let coll = self.user_trees();
+        self.volumes(&coll);
+        self.space_maps();
+        self.previous_space_maps();
+    }
+
+    /// Walk the details tree and the top-level mapping tree (their nodes are counted).
+    fn user_trees(&mut self) -> Collected {
+        let r = |id| self.rec.root(id).r;
         let (details_root, top_root) = (r(RootId::User0), r(RootId::User1));
         let details_kind = DETAILS;
-
         let mut coll = Collected::default();
         self.tree(
             details_root,
@@ -41,7 +47,12 @@ impl Checker {
                 coll.dev_roots.insert(k, decode_ref(v));
             },
         );
-        // Volumes: each subtree root gets one reference per volume that points at it.
+        coll
+    }
+
+    /// Each volume's mapping tree against its details entry, and details without a tree.
+    /// Each subtree root gets one reference per volume that points at it.
+    fn volumes(&mut self, coll: &Collected) {
         let bs = self.label.data_block_size;
         for (id, root) in coll.dev_roots.clone() {
             let name = coll
@@ -107,9 +118,13 @@ impl Checker {
             }
         }
         self.rep.stats.volumes = coll.details.len() as u64;
+    }
 
-        // Space maps: their trees and pages are metadata too, so every tree is walked
-        // before any count is compared.
+    /// The data and metadata space maps: their trees and pages are metadata too, so every
+    /// tree is walked before any count is compared.
+    fn space_maps(&mut self) {
+        let rec = self.rec.clone();
+        let r = |id| rec.root(id).r;
         let mut sms = Vec::new();
         for (name, idx, ovf, nr, allocated) in [
             (
@@ -149,9 +164,12 @@ impl Checker {
         for (is_meta, nr, allocated, c2, loc) in sms {
             self.compare_space_map(is_meta, nr, allocated, &c2, &loc);
         }
-        // The previous state's space maps must still be intact (allocation protection):
-        // the allocator reads their index and pages before it hands out a block, so damage
-        // there makes every allocation of that space map fail.
+    }
+
+    /// The previous state's space maps must still be intact (allocation protection): the
+    /// allocator reads their index and pages before it hands out a block, so damage there
+    /// makes every allocation of that space map fail.
+    fn previous_space_maps(&mut self) {
         for id in [RootId::PrevDataIndex, RootId::PrevMetaIndex] {
             let root = self.rec.root(id);
             if root.r.block.0 == 0 {
