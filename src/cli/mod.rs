@@ -10,6 +10,7 @@
 
 mod check_cmds;
 mod demo;
+mod dmthin_cmds;
 mod export_cmds;
 mod io_cmds;
 mod output;
@@ -27,6 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub use dmthin_cmds::{DumpArgs, DumpFormat, RestoreArgs};
 pub use export_cmds::{DiffArgs, ExportArgs, ExportDiffArgs, ImportArgs, ImportDiffArgs};
 pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
 pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs};
@@ -108,6 +110,10 @@ pub enum Command {
     ExportDiff(ExportDiffArgs),
     /// Apply an rbd diff v1 stream to a volume
     ImportDiff(ImportDiffArgs),
+    /// Write a pool's volumes and mappings as thin_dump XML or thinpool JSON
+    Dump(DumpArgs),
+    /// Build a new pool from a dump (thin_dump XML or thinpool JSON)
+    Restore(RestoreArgs),
     /// Check a pool's metadata: every block, every reference count (like thin_check)
     Check(check_cmds::CheckArgs),
     /// Crash-injection runs: simulated power loss (or SIGKILL of the real binary)
@@ -133,6 +139,7 @@ impl Command {
     fn pool_dir(&self) -> Option<&Path> {
         Some(match self {
             Command::Pool(PoolCmd::Create(_))
+            | Command::Restore(_)
             | Command::Demo(_)
             | Command::Serve(_)
             | Command::Crashtest(_) => return None,
@@ -155,6 +162,7 @@ impl Command {
             Command::Diff(a) => &a.pool,
             Command::ExportDiff(a) => &a.pool,
             Command::ImportDiff(a) => &a.pool,
+            Command::Dump(a) => &a.pool,
         })
     }
 
@@ -165,6 +173,7 @@ impl Command {
             Command::List(a) => a.at_seq,
             Command::Info(a) => a.at_seq,
             Command::Read(a) => a.at_seq,
+            Command::Dump(a) => a.at_seq,
             _ => None,
         }
     }
@@ -194,6 +203,7 @@ impl Command {
                 | Command::Export(_)
                 | Command::Diff(_)
                 | Command::ExportDiff(_)
+                | Command::Dump(_)
         )
     }
 }
@@ -220,7 +230,9 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::ExportDiff(a) => export_cmds::export_diff(a, pool, out, mode),
         Command::ImportDiff(a) => export_cmds::import_diff(a, pool, out, mode),
         Command::Check(a) => check_cmds::check(a, pool, out),
+        Command::Dump(a) => dmthin_cmds::dump(a, pool, out, mode),
         Command::Pool(PoolCmd::Create(_))
+        | Command::Restore(_)
         | Command::Demo(_)
         | Command::Serve(_)
         | Command::Crashtest(_) => {
@@ -261,6 +273,7 @@ pub fn main() -> ExitCode {
 fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result<i32> {
     let dir = match cmd {
         Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
+        Command::Restore(a) => return dmthin_cmds::restore(a, out).map(|()| 0),
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
         Command::Serve(a) => return serve_cmd::run(a, g.rewind, g.engine, out).map(|()| 0),
@@ -339,6 +352,9 @@ fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
     if let Some(v) = export_cmds::forwarded_argv(cmd, argv) {
         return v;
     }
+    if let Some(v) = dmthin_cmds::forwarded_argv(cmd, argv) {
+        return v;
+    }
     let (verb, pool, volume, offset, length, file) = match cmd {
         Command::Write(a) => ("write", &a.pool, &a.volume, a.offset, None, &a.file),
         Command::Read(a) => ("read", &a.pool, &a.volume, a.offset, a.length, &a.file),
@@ -391,6 +407,7 @@ pub fn run_in_pool(
     };
     let res = match &cli.command {
         Command::Pool(PoolCmd::Create(_))
+        | Command::Restore(_)
         | Command::Demo(_)
         | Command::Serve(_)
         | Command::Crashtest(_) => Err(anyhow::anyhow!(

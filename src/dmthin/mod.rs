@@ -6,4 +6,8 @@
 //! Everything here is built on [`model::PoolDump`]: `dump` writes one from a pool, `restore`
 //! builds a pool from one, `adopt` reads one from dm-thin's own on-disk metadata.
 
+pub mod dump;
+pub mod json;
 pub mod model;
+pub mod restore;
+pub mod xml;

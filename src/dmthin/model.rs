@@ -4,6 +4,7 @@
 //! run length is in data blocks. Fields dm-thin lacks (names, sizes, read-only flags,
 //! origins) are `None`/`false` when the source cannot say; the JSON dump carries them.
 
+use crate::pool::PoolError;
 use serde::{Deserialize, Serialize};
 
 /// One pool: thin_dump's `<superblock>` and everything inside it.
@@ -46,6 +47,10 @@ pub struct DeviceDump {
     /// The dev_id this one is a snapshot of, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<u64>,
+    /// thinpool's creation time, seconds since the epoch (dm-thin's `creation_time` is a
+    /// pool time, not a clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
     /// By ascending `origin_begin`, not overlapping.
     pub mappings: Vec<Run>,
 }
@@ -61,7 +66,117 @@ pub struct Run {
     pub time: u32,
 }
 
+/// Why a dump or restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// Reading the input or writing the output.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input is not a valid dump (what is wrong, and where when known).
+    #[error("invalid dump: {0}")]
+    Input(String),
+}
+
+impl DumpError {
+    pub(crate) fn input(msg: impl Into<String>) -> DumpError {
+        DumpError::Input(msg.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DumpError>;
+
+/// A pool description taken in as it is read (or walked): the superblock, then each device
+/// with its runs. Dumps are streamed through this, so neither a dump nor a restore holds a
+/// whole pool's mappings in memory.
+pub trait DumpSink {
+    /// The superblock (its `devices` is empty).
+    fn superblock(&mut self, sb: &PoolDump) -> Result<()>;
+    /// A device begins (its `mappings` is empty; `mapped_blocks` is what its runs will sum to).
+    fn device(&mut self, dev: &DeviceDump) -> Result<()>;
+    /// The next run of the current device.
+    fn run(&mut self, run: &Run) -> Result<()>;
+    fn end_device(&mut self) -> Result<()>;
+    fn end(&mut self) -> Result<()>;
+}
+
+impl PoolDump {
+    /// Feed this description to `sink`, as a reader of it would.
+    pub fn replay(&self, sink: &mut dyn DumpSink) -> Result<()> {
+        sink.superblock(&self.clone_header())?;
+        for d in &self.devices {
+            sink.device(&d.clone_header())?;
+            for r in &d.mappings {
+                sink.run(r)?;
+            }
+            sink.end_device()?;
+        }
+        sink.end()
+    }
+
+    /// Everything but the devices.
+    pub fn clone_header(&self) -> PoolDump {
+        PoolDump {
+            uuid: self.uuid.clone(),
+            devices: Vec::new(),
+            ..*self
+        }
+    }
+}
+
+/// A sink that keeps everything: a [`PoolDump`] in memory (tests, small pools).
+#[derive(Default)]
+pub struct Collect {
+    pub dump: Option<PoolDump>,
+}
+
+impl DumpSink for Collect {
+    fn superblock(&mut self, sb: &PoolDump) -> Result<()> {
+        self.dump = Some(sb.clone());
+        Ok(())
+    }
+    fn device(&mut self, dev: &DeviceDump) -> Result<()> {
+        self.current().devices.push(dev.clone());
+        Ok(())
+    }
+    fn run(&mut self, run: &Run) -> Result<()> {
+        let d = self
+            .current()
+            .devices
+            .last_mut()
+            .expect("a run comes inside a device");
+        d.mappings.push(*run);
+        Ok(())
+    }
+    fn end_device(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn end(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Collect {
+    fn current(&mut self) -> &mut PoolDump {
+        self.dump.as_mut().expect("the superblock comes first")
+    }
+}
+
 impl DeviceDump {
+    /// Everything but the mappings.
+    pub fn clone_header(&self) -> DeviceDump {
+        DeviceDump {
+            name: self.name.clone(),
+            mappings: Vec::new(),
+            ..*self
+        }
+    }
+
     /// Appends one mapping, extending the last run when it continues it (runs merged, as
     /// thin_dump merges them). Mappings must come in ascending virtual order.
     pub fn push_mapping(&mut self, origin: u64, data: u64, time: u32) {
@@ -99,6 +214,7 @@ mod tests {
             size: None,
             read_only: false,
             origin: None,
+            created: None,
             mappings: Vec::new(),
         }
     }

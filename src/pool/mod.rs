@@ -9,6 +9,7 @@
 //! Management operations commit before they return. Data writes become durable at the next
 //! [`Pool::commit`] (a flush), which frontends call on FLUSH/FUA and on a timer.
 
+mod build;
 mod data;
 pub mod details;
 mod error;
@@ -19,6 +20,9 @@ mod sync;
 pub mod trees;
 mod volume;
 mod write;
+pub(crate) use build::VolumeBuilder;
+pub(crate) use open::NewPool;
+pub(crate) use volume::check_size_fits;
 pub use volume::VolumeInfo;
 
 pub use details::Details;
@@ -91,6 +95,10 @@ pub struct CreateOptions {
     /// Metadata file size in bytes; default scales with the data size.
     pub metadata_size: Option<u64>,
     pub cache_blocks: usize,
+    /// Use this existing file (or block device) as the data file, in place: the pool's
+    /// `data` becomes a symlink to it (its absolute path), and it must already hold the
+    /// pool's size. Nothing in it is written by the creation. `None`: a new sparse file.
+    pub data_file: Option<PathBuf>,
 }
 
 impl CreateOptions {
@@ -100,6 +108,7 @@ impl CreateOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             metadata_size: None,
             cache_blocks: DEFAULT_CACHE_BLOCKS,
+            data_file: None,
         }
     }
 }
@@ -226,7 +235,7 @@ impl From<UserState> for UserRoots {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -88,6 +88,62 @@ impl Drop for PartialPool {
     }
 }
 
+/// A pool being created: not committed yet, and removed (its files, and its directory if
+/// the creation made it) unless [`NewPool::finish`] commits it. Never removes the target of
+/// an adopted data file, only the symlink to it.
+pub(crate) struct NewPool {
+    // Declared first, so it is dropped (its files closed) before `partial` removes them.
+    pool: Pool,
+    partial: PartialPool,
+}
+
+impl NewPool {
+    pub(crate) fn pool(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+
+    /// Commit the pool's first state and make its directory entries durable.
+    pub(crate) fn finish(mut self) -> Result<Pool> {
+        self.pool.commit()?;
+        let dir = self.pool.dir.clone();
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir, "sync directory"))?;
+        self.partial.keep();
+        Ok(self.pool)
+    }
+}
+
+/// The absolute path of an existing data file to adopt, checked: a regular file or a block
+/// device, at least `need` bytes long (nothing is grown or written: it is not ours).
+fn adoptable_data_file(f: &Path, need: u64) -> Result<PathBuf> {
+    let target = std::fs::canonicalize(f).map_err(io_err(f, "find the data file"))?;
+    let m = std::fs::metadata(&target).map_err(io_err(&target, "stat"))?;
+    use std::os::unix::fs::FileTypeExt;
+    if !(m.is_file() || m.file_type().is_block_device()) {
+        return Err(PoolError::InvalidSize(format!(
+            "{} is not a regular file or a block device, so it cannot be a data file",
+            target.display()
+        )));
+    }
+    let len = if m.is_file() {
+        m.len()
+    } else {
+        FileDev::open(&target, false)
+            .map_err(io_err(&target, "open"))?
+            .len()
+    };
+    if len < need {
+        return Err(PoolError::InvalidSize(format!(
+            "data file {} holds {len} bytes, but the pool needs {need}; grow it first \
+             (e.g. `truncate -s {need} {}`)",
+            target.display(),
+            target.display()
+        )));
+    }
+    Ok(target)
+}
+
 impl Pool {
     /// The one constructor: a pool around an opened (`report` given) or just created
     /// transaction manager, its user state as the last record holds it. No directory and no
@@ -143,6 +199,14 @@ impl Pool {
     /// Create a pool in directory `dir` (created with mode 0700 if missing; must be empty).
     /// `metadata` and `data` are created 0600.
     pub fn create(dir: &Path, opts: &CreateOptions) -> Result<Pool> {
+        Pool::create_begin(dir, opts)?.finish()
+    }
+
+    /// The first half of [`Pool::create`]: files made and the empty trees in place, nothing
+    /// committed. What the caller adds before [`NewPool::finish`] becomes the pool's first
+    /// commit (`restore` builds a whole pool this way); if the `NewPool` is dropped instead,
+    /// everything it made is removed again.
+    pub(crate) fn create_begin(dir: &Path, opts: &CreateOptions) -> Result<NewPool> {
         validate_block_size(opts.block_size)?;
         let data_blocks = opts.size / opts.block_size;
         if data_blocks == 0 {
@@ -170,6 +234,10 @@ impl Pool {
                 "metadata size is above the 16 GiB maximum".into(),
             ));
         }
+        let adopted = match &opts.data_file {
+            Some(f) => Some(adoptable_data_file(f, data_blocks * opts.block_size)?),
+            None => None,
+        };
         let mut partial = PartialPool::default();
         if dir.exists() {
             if !dir.is_dir() {
@@ -204,10 +272,21 @@ impl Pool {
         // filesystem filled up with data (only data writes may, and they fail cleanly).
         mdev.preallocate(meta_blocks * BLOCK_SIZE as u64)
             .map_err(io_err(&mpath, "reserve space for the metadata file"))?;
-        let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
-        partial.files.push(dpath.clone());
-        ddev.ensure_len(data_blocks * opts.block_size)
-            .map_err(io_err(&dpath, "size data file"))?;
+        let ddev = match adopted {
+            Some(target) => {
+                std::os::unix::fs::symlink(&target, &dpath)
+                    .map_err(io_err(&dpath, "create symlink"))?;
+                partial.files.push(dpath.clone());
+                FileDev::open(&dpath, true).map_err(io_err(&target, "open"))?
+            }
+            None => {
+                let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
+                partial.files.push(dpath.clone());
+                ddev.ensure_len(data_blocks * opts.block_size)
+                    .map_err(io_err(&dpath, "size data file"))?;
+                ddev
+            }
+        };
         let label = Label {
             uuid: new_uuid(),
             version: FORMAT_VERSION,
@@ -220,13 +299,7 @@ impl Pool {
         let mut pool = Pool::created(mdev, Arc::new(ddev), label, opts)?;
         pool.dir = dir.to_path_buf();
         pool._lock = Some(lockf);
-        pool.commit()?;
-        // The files exist for good only once the directory entry is durable.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir, "sync directory"))?;
-        partial.keep();
-        Ok(pool)
+        Ok(NewPool { pool, partial })
     }
 
     /// Open an existing pool.

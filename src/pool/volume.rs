@@ -431,7 +431,7 @@ impl Pool {
 }
 
 /// Volume sizes are bounded so that every block number fits in a key.
-fn check_size_fits(size: u64, bs: u64) -> Result<()> {
+pub(crate) fn check_size_fits(size: u64, bs: u64) -> Result<()> {
     if size > (1u64 << 63) || size.div_ceil(bs) >= 1 << 48 {
         return Err(PoolError::InvalidSize(format!(
             "volume size {size} is too large"

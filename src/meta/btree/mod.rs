@@ -16,12 +16,14 @@
 //! `generation u64`), and a child's generation must equal what its parent recorded. An
 //! internal node's key `i` is a lower bound of every key below child `i`.
 
+mod build;
 mod node;
 mod ops;
 #[cfg(test)]
 mod tests;
 
-pub use node::{Node, FLAG_LEAF, KEYS, KIND, MAX_ENTRIES, NR_ENTRIES, VALUE_SIZE};
+pub use build::TreeBuilder;
+pub use node::{capacity, Node, FLAG_LEAF, KEYS, KIND, MAX_ENTRIES, NR_ENTRIES, VALUE_SIZE};
 pub use ops::Btree;
 
 use super::cache::Block;

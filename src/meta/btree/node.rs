@@ -134,7 +134,7 @@ impl<'a> Node<'a> {
     }
 }
 
-pub(super) fn capacity(value_size: usize) -> usize {
+pub fn capacity(value_size: usize) -> usize {
     (BLOCK_SIZE - KEYS) / (8 + value_size)
 }
 

@@ -237,7 +237,7 @@ pub trait Btree: NodeStore {
 
 impl<S: NodeStore + ?Sized> Btree for S {}
 
-fn new_node<S: NodeStore + ?Sized>(
+pub(super) fn new_node<S: NodeStore + ?Sized>(
     s: &mut S,
     kind: TreeKind,
     leaf: bool,

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+mod build;
 mod committed;
 mod corrupt;
 mod cow;

@@ -1,0 +1,270 @@
+//! `thinpool dump|restore`: a pool as thin_dump's XML or thinpool's JSON, and a new pool
+//! from either (a thin adapter over [`crate::dmthin`]; docs/dmthin.md).
+
+use super::output::{create_output, print_json};
+use super::size::{format_size, parse_size};
+use super::Mode;
+use crate::dmthin::model::{DumpError, DumpSink};
+use crate::dmthin::{dump, json, restore, xml};
+use crate::pool::Pool;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DumpFormat {
+    /// thin_dump's XML (what thin_restore and thin_dump read and write); no names or sizes
+    Xml,
+    /// thinpool's JSON: everything the XML has, plus names, sizes, read-only flags, origins
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Pool directory
+    pub pool: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value = "xml")]
+    pub format: DumpFormat,
+    /// Write to FILE (created or truncated) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Dump the state of an older commit (read-only; see `thinpool check` for valid seqs)
+    #[arg(long, value_name = "SEQ")]
+    pub at_seq: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// New pool directory (created with mode 0700 if missing; must be empty)
+    pub pool: PathBuf,
+    /// The dump to read ('-': stdin)
+    #[arg(long, short, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Input format (default: from its first character: '<' XML, '{' JSON)
+    #[arg(long, value_enum)]
+    pub format: Option<DumpFormat>,
+    /// Use this existing data file, in place, as the pool's data (POOL/data becomes a
+    /// symlink to it; nothing in it is written by the restore). Default: a new, empty data
+    /// file, so the volumes hold zeros where the dump maps blocks
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Refuse a dump whose block size is not this one
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    pub block_size: Option<u64>,
+    /// Metadata size (default: twice what the dump's trees take packed, and never less than
+    /// `pool create` gives a pool of its size)
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    pub metadata_size: Option<u64>,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn is_std(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+pub fn dump(a: &DumpArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> Result<()> {
+    let Some(file) = a.output.as_ref().filter(|f| !is_std(f)) else {
+        if mode == Mode::Server {
+            anyhow::bail!(
+                "a dump to stdout cannot go through a running `thinpool serve`; give --output FILE"
+            );
+        }
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        write_dump(pool, a.format, &mut w, "stdout")?;
+        w.flush()?;
+        return Ok(());
+    };
+    let f = create_output(pool, file)?;
+    let what = file.display().to_string();
+    let mut w = BufWriter::with_capacity(1 << 20, &f);
+    let stats = write_dump(pool, a.format, &mut w, &what)?;
+    w.flush().with_context(|| format!("cannot write {what}"))?;
+    drop(w);
+    f.sync_all()
+        .with_context(|| format!("cannot sync {what}"))?;
+    writeln!(
+        out,
+        "dumped pool {} at seq {}: {} volumes, {} mappings in {} runs, to {what}",
+        a.pool.display(),
+        pool.seq(),
+        stats.devices,
+        stats.mappings,
+        stats.runs
+    )?;
+    Ok(())
+}
+
+fn write_dump(
+    pool: &mut Pool,
+    format: DumpFormat,
+    w: &mut dyn Write,
+    what: &str,
+) -> Result<dump::DumpStats> {
+    Ok(match format {
+        DumpFormat::Xml => dump::dump(pool, &mut xml::XmlWriter::new(w, what))?,
+        DumpFormat::Json => dump::dump(pool, &mut json::JsonWriter::new(w, what))?,
+    })
+}
+
+/// An input opened for reading, with its format.
+fn open_input(path: &Path, format: Option<DumpFormat>) -> Result<(Box<dyn BufRead>, DumpFormat)> {
+    let mut r: Box<dyn BufRead> = if is_std(path) {
+        Box::new(BufReader::with_capacity(1 << 20, io::stdin()))
+    } else {
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Box::new(BufReader::with_capacity(1 << 20, f))
+    };
+    let format = match format {
+        Some(f) => f,
+        None => {
+            match first_char(&mut r).with_context(|| format!("cannot read {}", path.display()))? {
+                Some(b'<') => DumpFormat::Xml,
+                Some(b'{') => DumpFormat::Json,
+                Some(_) => anyhow::bail!(
+                "{} is neither an XML dump (starts with '<') nor a JSON dump (starts with '{{'); \
+                 name its format with --format",
+                path.display()
+            ),
+                None => anyhow::bail!("{} is empty", path.display()),
+            }
+        }
+    };
+    Ok((r, format))
+}
+
+/// The first byte that is not white space, left unread.
+fn first_char(r: &mut dyn BufRead) -> io::Result<Option<u8>> {
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => {
+                let c = buf[i];
+                r.consume(i);
+                return Ok(Some(c));
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
+fn read_dump(
+    r: Box<dyn BufRead>,
+    format: DumpFormat,
+    what: &str,
+    sink: &mut dyn DumpSink,
+) -> std::result::Result<(), DumpError> {
+    match format {
+        DumpFormat::Xml => xml::read_xml(r, what, sink),
+        DumpFormat::Json => json::read_json(r, what, sink),
+    }
+}
+
+pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
+    let what = if is_std(&a.input) {
+        "stdin".to_string()
+    } else {
+        a.input.display().to_string()
+    };
+    let opts = restore::RestoreOptions {
+        data: a.data.clone(),
+        block_size: a.block_size,
+        metadata_size: a.metadata_size,
+        ..restore::RestoreOptions::default()
+    };
+    // A file is read twice: once to check it and size the metadata before anything is
+    // made, then to build. A pipe is read once, checked as it builds.
+    let survey = if is_std(&a.input) {
+        None
+    } else {
+        let (r, format) = open_input(&a.input, a.format)?;
+        Some(restore::survey(|sink| read_dump(r, format, &what, sink))?)
+    };
+    let (r, format) = open_input(&a.input, a.format)?;
+    let done = restore::restore(&a.pool, &opts, survey, |sink| {
+        read_dump(r, format, &what, sink)
+    })
+    .with_context(|| format!("cannot restore {what} into {}", a.pool.display()))?;
+    let s = done.survey;
+    if a.json {
+        print_json(
+            out,
+            &json!({
+                "pool": a.pool,
+                "volumes": s.devices,
+                "mappings": s.mappings,
+                "runs": s.runs,
+                "block_size": s.block_size,
+                "data_blocks_total": s.nr_data_blocks,
+                "data_blocks_used": done.data_blocks_used,
+                "metadata_blocks_used": done.metadata_blocks_used,
+                "metadata_blocks_total": done.metadata_blocks_total,
+                "seq": done.seq,
+                "data_file": a.data.as_ref().map(|d| std::path::absolute(d).unwrap_or(d.clone())),
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "restored pool {} from {what}: {} volumes, {} mappings in {} runs, {} data blocks \
+             of {} in use, {} of {} metadata used{}",
+            a.pool.display(),
+            s.devices,
+            s.mappings,
+            s.runs,
+            done.data_blocks_used,
+            format_size(s.block_size),
+            format_size(done.metadata_blocks_used * 4096),
+            format_size(done.metadata_blocks_total * 4096),
+            match &a.data {
+                Some(d) => format!("; data in {} (in place)", d.display()),
+                None => String::new(),
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// The argv sent to a server for `dump`: pool and output paths made absolute (the server
+/// has its own working directory). `None` for other commands.
+pub(super) fn forwarded_argv(cmd: &super::Command, argv: &[String]) -> Option<Result<Vec<String>>> {
+    let super::Command::Dump(a) = cmd else {
+        return None;
+    };
+    let abs = |p: &Path| -> Result<String> {
+        Ok(std::path::absolute(p)
+            .with_context(|| format!("cannot resolve {}", p.display()))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    Some((|| {
+        let mut v = vec![
+            argv.first().cloned().unwrap_or_else(|| "thinpool".into()),
+            "dump".into(),
+            abs(&a.pool)?,
+            "--format".into(),
+            match a.format {
+                DumpFormat::Xml => "xml".into(),
+                DumpFormat::Json => "json".into(),
+            },
+        ];
+        if let Some(o) = &a.output {
+            v.extend([
+                "--output".into(),
+                if is_std(o) { "-".into() } else { abs(o)? },
+            ]);
+        }
+        Ok(v)
+    })())
+}
