@@ -384,6 +384,9 @@ fn dump_refuses_the_pools_own_files_and_works_through_a_server() {
     let served = std::fs::read_to_string(cwd.join("served.xml")).unwrap();
     let body = |s: &str| s.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(body(&served), body(&offline));
-    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
     assert!(serve.wait().unwrap().success());
 }
