@@ -237,18 +237,19 @@ impl Validator {
         let Some(cur) = self.cur.as_mut() else {
             return Err(DumpError::input("a mapping outside any device"));
         };
-        let bad = |m: String| Err(DumpError::input(format!("device {}: {m}", cur.dev.dev_id)));
-        let what = format!(
-            "mapping of blocks {}+{} to data block {}",
-            r.origin_begin, r.length, r.data_begin
-        );
+        // Messages are made only on failure: this runs once per run of a dump.
+        let bad = |m: &str| {
+            Err(DumpError::input(format!(
+                "device {}: mapping of blocks {}+{} to data block {}: {m}",
+                cur.dev.dev_id, r.origin_begin, r.length, r.data_begin
+            )))
+        };
         if r.length == 0 {
-            return bad(format!("{what}: its length is zero"));
+            return bad("its length is zero");
         }
         if r.origin_begin < cur.next_vb {
-            return bad(format!(
-                "{what}: mappings must ascend without overlapping (the last one ended at \
-                 block {})",
+            return bad(&format!(
+                "mappings must ascend without overlapping (the last one ended at block {})",
                 cur.next_vb
             ));
         }
@@ -257,18 +258,14 @@ impl Validator {
             .checked_add(r.length)
             .filter(|&e| e < 1 << 48)
         else {
-            return bad(format!("{what}: past the largest volume"));
+            return bad("past the largest volume");
         };
         match r.data_begin.checked_add(r.length) {
             Some(end) if end <= nr_data_blocks => {}
-            _ => {
-                return bad(format!(
-                    "{what}: past the pool's {nr_data_blocks} data blocks"
-                ))
-            }
+            _ => return bad(&format!("past the pool's {nr_data_blocks} data blocks")),
         }
         if r.time > MAX_TIME {
-            return bad(format!("{what}: time {} does not fit in 24 bits", r.time));
+            return bad(&format!("time {} does not fit in 24 bits", r.time));
         }
         self.max_time = self.max_time.max(r.time);
         cur.mapped += r.length;

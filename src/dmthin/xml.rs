@@ -275,7 +275,9 @@ impl<'a> Attrs<'a> {
     fn read(e: &'a BytesStart) -> Result<Attrs<'a>> {
         let element = e.name().into_inner();
         let mut list = Vec::with_capacity(8);
-        for a in e.attributes() {
+        // Duplicate names are not looked for (the first one wins): the check is a quadratic
+        // scan per element, and thin_dump never writes one.
+        for a in e.attributes().with_checks(false) {
             list.push(a.map_err(|err| DumpError::input(format!("<{element}>: {err}")))?);
         }
         Ok(Attrs { element, list })
