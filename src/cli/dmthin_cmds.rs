@@ -1,15 +1,16 @@
-//! `thinpool dump|restore`: a pool as thin_dump's XML or thinpool's JSON, and a new pool
-//! from either (a thin adapter over [`crate::dmthin`]; docs/dmthin.md).
+//! `thinpool dump|restore|adopt`: a pool as thin_dump's XML or thinpool's JSON, a new pool
+//! from either, and a new pool from dm-thin's own metadata (a thin adapter over [`crate::dmthin`]; docs/dmthin.md).
 
 use super::output::{create_output, print_json};
 use super::size::{format_size, parse_size};
 use super::Mode;
 use crate::dmthin::model::{DumpError, DumpSink};
-use crate::dmthin::{dump, json, restore, xml};
+use crate::dmthin::{dm_meta, dump, json, restore, xml};
 use crate::pool::Pool;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,10 @@ pub struct RestoreArgs {
     /// Refuse a dump whose block size is not this one
     #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
+    /// Names and sizes for the devices, overriding the dump's: lines of `DEV_ID NAME [SIZE]`
+    /// ('#' starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub names: Option<PathBuf>,
     /// Metadata size (default: twice what the dump's trees take packed, and never less than
     /// `pool create` gives a pool of its size)
     #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
@@ -62,6 +67,147 @@ pub struct RestoreArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AdoptArgs {
+    /// New pool directory (created with mode 0700 if missing; must be empty)
+    pub pool: PathBuf,
+    /// The dm-thin metadata device or file (opened read-only: never written)
+    #[arg(long, value_name = "FILE")]
+    pub dm_metadata: PathBuf,
+    /// The dm-thin data device or file: the pool's data from now on, in place (POOL/data
+    /// becomes a symlink to it; nothing in it is written by the adoption)
+    #[arg(long, value_name = "FILE")]
+    pub dm_data: PathBuf,
+    /// Names and sizes for the devices (dm-thin keeps neither): lines of `DEV_ID NAME [SIZE]`
+    /// ('#' starts a comment). Unnamed devices are named by their dev_id and sized to their
+    /// highest mapped block
+    #[arg(long, value_name = "FILE")]
+    pub names: Option<PathBuf>,
+    /// Metadata size (default: twice what the trees take packed, and never less than `pool
+    /// create` gives a pool of its size)
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    pub metadata_size: Option<u64>,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A names file: `DEV_ID NAME [SIZE]` per line, blank lines and `#` comments skipped.
+fn read_names(path: &Path) -> Result<BTreeMap<u64, (String, Option<u64>)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut names = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = || format!("{}, line {}", path.display(), i + 1);
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (id, name, size) = match f[..] {
+            [id, name] => (id, name, None),
+            [id, name, size] => (id, name, Some(size)),
+            _ => anyhow::bail!("{}: expected `DEV_ID NAME [SIZE]`, found {line:?}", at()),
+        };
+        let id: u64 = id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{}: {id:?} is not a device id", at()))?;
+        let size = size
+            .map(|s| parse_size(s).map_err(|e| anyhow::anyhow!("{}: {e}", at())))
+            .transpose()?;
+        if names.insert(id, (name.to_string(), size)).is_some() {
+            anyhow::bail!("{}: device {id} is named twice", at());
+        }
+    }
+    Ok(names)
+}
+
+/// How `restore` and `adopt` report what they made.
+fn report(
+    out: &mut dyn Write,
+    json: bool,
+    pool: &Path,
+    from: &str,
+    done: &restore::Restored,
+    data: Option<&Path>,
+) -> Result<()> {
+    let s = done.survey;
+    if json {
+        return Ok(print_json(
+            out,
+            &json!({
+                "pool": pool,
+                "volumes": s.devices,
+                "mappings": s.mappings,
+                "runs": s.runs,
+                "block_size": s.block_size,
+                "data_blocks_total": s.nr_data_blocks,
+                "data_blocks_used": done.data_blocks_used,
+                "metadata_blocks_used": done.metadata_blocks_used,
+                "metadata_blocks_total": done.metadata_blocks_total,
+                "seq": done.seq,
+                "data_file": data.map(|d| std::path::absolute(d).unwrap_or(d.to_path_buf())),
+            }),
+        )?);
+    }
+    writeln!(
+        out,
+        "{} {}: {} volumes, {} mappings in {} runs, {} data blocks of {} in use, {} of {} \
+         metadata used{}",
+        pool.display(),
+        from,
+        s.devices,
+        s.mappings,
+        s.runs,
+        done.data_blocks_used,
+        format_size(s.block_size),
+        format_size(done.metadata_blocks_used * 4096),
+        format_size(done.metadata_blocks_total * 4096),
+        match data {
+            Some(d) => format!("; data in {} (in place)", d.display()),
+            None => String::new(),
+        }
+    )?;
+    Ok(())
+}
+
+pub fn adopt(a: &AdoptArgs, out: &mut dyn Write) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    if ino(&a.dm_metadata).is_some() && ino(&a.dm_metadata) == ino(&a.dm_data) {
+        anyhow::bail!(
+            "--dm-metadata and --dm-data are the same file ({}); dm-thin keeps them apart",
+            a.dm_data.display()
+        );
+    }
+    let opts = restore::RestoreOptions {
+        data: Some(a.dm_data.clone()),
+        metadata_size: a.metadata_size,
+        names: match &a.names {
+            Some(f) => read_names(f)?,
+            None => BTreeMap::new(),
+        },
+        ..restore::RestoreOptions::default()
+    };
+    let meta = &a.dm_metadata;
+    let ctx = || {
+        format!(
+            "cannot adopt the dm-thin pool {} + {} into {}",
+            meta.display(),
+            a.dm_data.display(),
+            a.pool.display()
+        )
+    };
+    let survey =
+        restore::survey(&opts, |sink| dm_meta::read(meta, sink).map(|_| ())).with_context(ctx)?;
+    let done = restore::restore(&a.pool, &opts, Some(survey), |sink| {
+        dm_meta::read(meta, sink).map(|_| ())
+    })
+    .with_context(ctx)?;
+    let from = format!("adopted from dm-thin metadata {}", meta.display());
+    report(out, a.json, &a.pool, &from, &done, Some(&a.dm_data))
 }
 
 fn is_std(p: &Path) -> bool {
@@ -181,6 +327,10 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
         data: a.data.clone(),
         block_size: a.block_size,
         metadata_size: a.metadata_size,
+        names: match &a.names {
+            Some(f) => read_names(f)?,
+            None => BTreeMap::new(),
+        },
         ..restore::RestoreOptions::default()
     };
     // A file is read twice: once to check it and size the metadata before anything is
@@ -189,51 +339,23 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
         None
     } else {
         let (r, format) = open_input(&a.input, a.format)?;
-        Some(restore::survey(|sink| read_dump(r, format, &what, sink))?)
+        Some(restore::survey(&opts, |sink| {
+            read_dump(r, format, &what, sink)
+        })?)
     };
     let (r, format) = open_input(&a.input, a.format)?;
     let done = restore::restore(&a.pool, &opts, survey, |sink| {
         read_dump(r, format, &what, sink)
     })
     .with_context(|| format!("cannot restore {what} into {}", a.pool.display()))?;
-    let s = done.survey;
-    if a.json {
-        print_json(
-            out,
-            &json!({
-                "pool": a.pool,
-                "volumes": s.devices,
-                "mappings": s.mappings,
-                "runs": s.runs,
-                "block_size": s.block_size,
-                "data_blocks_total": s.nr_data_blocks,
-                "data_blocks_used": done.data_blocks_used,
-                "metadata_blocks_used": done.metadata_blocks_used,
-                "metadata_blocks_total": done.metadata_blocks_total,
-                "seq": done.seq,
-                "data_file": a.data.as_ref().map(|d| std::path::absolute(d).unwrap_or(d.clone())),
-            }),
-        )?;
-    } else {
-        writeln!(
-            out,
-            "restored pool {} from {what}: {} volumes, {} mappings in {} runs, {} data blocks \
-             of {} in use, {} of {} metadata used{}",
-            a.pool.display(),
-            s.devices,
-            s.mappings,
-            s.runs,
-            done.data_blocks_used,
-            format_size(s.block_size),
-            format_size(done.metadata_blocks_used * 4096),
-            format_size(done.metadata_blocks_total * 4096),
-            match &a.data {
-                Some(d) => format!("; data in {} (in place)", d.display()),
-                None => String::new(),
-            }
-        )?;
-    }
-    Ok(())
+    report(
+        out,
+        a.json,
+        &a.pool,
+        &format!("restored from {what}"),
+        &done,
+        a.data.as_deref(),
+    )
 }
 
 /// The argv sent to a server for `dump`: pool and output paths made absolute (the server

@@ -3,9 +3,12 @@
 //! between that description and the on-disk formats. docs/dmthin.md describes the mapping
 //! between dm-thin's fields and thinpool's.
 //!
-//! Everything here is built on [`model::PoolDump`]: `dump` writes one from a pool, `restore`
-//! builds a pool from one, `adopt` reads one from dm-thin's own on-disk metadata.
+//! Everything here is built on [`model::PoolDump`], streamed through [`model::DumpSink`]:
+//! `dump` walks a pool into one, `xml` and `json` write and read its two formats, `restore`
+//! builds a new pool from one, and `dm_meta` reads one from dm-thin's own on-disk metadata
+//! (what `thinpool adopt` restores from).
 
+pub mod dm_meta;
 pub mod dump;
 pub mod json;
 pub mod model;

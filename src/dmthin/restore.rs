@@ -17,7 +17,7 @@ use crate::pool::{
     default_metadata_size, validate_block_size, CreateOptions, NewPool, Pool, PoolError,
     VolumeBuilder, VolumeId, DEFAULT_CACHE_BLOCKS,
 };
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The largest pool time and snapshot time a mapping can hold (24 bits, as in dm-thin).
@@ -33,6 +33,9 @@ pub struct RestoreOptions {
     /// Metadata size; default: what [`metadata_estimate`] gives for the survey.
     pub metadata_size: Option<u64>,
     pub cache_blocks: usize,
+    /// Names and sizes by dev_id (a `--names` file), overriding what the dump says; every
+    /// dev_id named must be in the dump.
+    pub names: BTreeMap<u64, (String, Option<u64>)>,
 }
 
 impl Default for RestoreOptions {
@@ -42,6 +45,7 @@ impl Default for RestoreOptions {
             block_size: None,
             metadata_size: None,
             cache_blocks: DEFAULT_CACHE_BLOCKS,
+            names: BTreeMap::new(),
         }
     }
 }
@@ -86,8 +90,11 @@ pub fn metadata_estimate(nr_data_blocks: u64, devices: u64, mappings: u64) -> u6
 }
 
 /// Read a dump through `feed` without building anything: every check a restore makes.
-pub fn survey(feed: impl FnOnce(&mut dyn DumpSink) -> Result<()>) -> Result<Survey> {
-    let mut v = Validator::default();
+pub fn survey(
+    opts: &RestoreOptions,
+    feed: impl FnOnce(&mut dyn DumpSink) -> Result<()>,
+) -> Result<Survey> {
+    let mut v = Validator::for_options(opts);
     feed(&mut v)?;
     v.finished()
 }
@@ -104,10 +111,7 @@ pub fn restore(
         dir: dir.to_path_buf(),
         opts: opts.clone(),
         survey,
-        v: Validator {
-            expect_block_size: opts.block_size,
-            ..Validator::default()
-        },
+        v: Validator::for_options(opts),
         new: None,
         vol: None,
         metadata_size: 0,
@@ -146,6 +150,7 @@ struct Current {
 #[derive(Default)]
 struct Validator {
     expect_block_size: Option<u64>,
+    names_given: BTreeMap<u64, (String, Option<u64>)>,
     sb: Option<Survey>,
     dev_ids: HashSet<u64>,
     names: HashSet<String>,
@@ -159,6 +164,14 @@ struct Validator {
 }
 
 impl Validator {
+    fn for_options(opts: &RestoreOptions) -> Validator {
+        Validator {
+            expect_block_size: opts.block_size,
+            names_given: opts.names.clone(),
+            ..Validator::default()
+        }
+    }
+
     fn superblock(&mut self, sb: &PoolDump) -> Result<Survey> {
         let bad = |m: String| Err(DumpError::input(format!("<superblock>: {m}")));
         if self.sb.is_some() {
@@ -211,6 +224,11 @@ impl Validator {
         if d.snap_time > MAX_TIME {
             return bad(format!("snap_time {} does not fit in 24 bits", d.snap_time));
         }
+        let mut d = d.clone();
+        if let Some((name, size)) = self.names_given.get(&d.dev_id) {
+            d.name = Some(name.clone());
+            d.size = size.or(d.size);
+        }
         let name = d.name.clone().unwrap_or_else(|| d.dev_id.to_string());
         if let Err(why) = validate_name(&name) {
             return bad(format!("name '{name}': {why}"));
@@ -224,7 +242,7 @@ impl Validator {
         self.max_time = self.max_time.max(d.snap_time);
         self.devices += 1;
         self.cur = Some(Current {
-            dev: d.clone(),
+            dev: d,
             name,
             mapped: 0,
             next_vb: 0,
@@ -321,6 +339,15 @@ impl Validator {
     fn end(&mut self) -> Result<()> {
         if self.cur.is_some() {
             return Err(DumpError::input("the dump ends inside a device"));
+        }
+        if let Some(id) = self
+            .names_given
+            .keys()
+            .find(|id| !self.dev_ids.contains(id))
+        {
+            return Err(DumpError::input(format!(
+                "the names given name device {id}, which the dump does not have"
+            )));
         }
         for &(dev, origin) in &self.origins {
             if !self.dev_ids.contains(&origin) || origin == dev {
