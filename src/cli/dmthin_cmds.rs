@@ -94,6 +94,100 @@ pub struct AdoptArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct MetadataSizeArgs {
+    /// Data capacity of the pool (e.g. 1T)
+    #[arg(long, short = 's', value_parser = parse_size, allow_hyphen_values = true)]
+    pub pool_size: u64,
+    /// Data block size: a power of two from 4K to 1G
+    #[arg(long, short, default_value = "64K", value_parser = parse_size, allow_hyphen_values = true)]
+    pub block_size: u64,
+    /// Volumes the pool will hold
+    #[arg(long, default_value_t = 1)]
+    pub volumes: u64,
+    /// Snapshots the pool will hold (counted with the volumes, like thin_metadata_size's
+    /// --max-thins)
+    #[arg(long, default_value_t = 0)]
+    pub snapshots: u64,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The largest metadata file `pool create` makes.
+const MAX_METADATA: u64 = 16 << 30;
+
+pub fn metadata_size(a: &MetadataSizeArgs, out: &mut dyn Write) -> Result<()> {
+    crate::pool::validate_block_size(a.block_size)?;
+    let blocks = a.pool_size / a.block_size;
+    if blocks == 0 || blocks >= 1 << 40 {
+        anyhow::bail!(
+            "a pool of {} in {} blocks has {blocks} blocks; it must have between 1 and 2^40",
+            format_size(a.pool_size),
+            format_size(a.block_size)
+        );
+    }
+    let thins = a.volumes.saturating_add(a.snapshots);
+    let e = crate::pool::sizing::estimate(a.pool_size, a.block_size, thins);
+    if a.json {
+        return Ok(print_json(
+            out,
+            &json!({
+                "pool_size": a.pool_size,
+                "block_size": a.block_size,
+                "data_blocks": e.data_blocks,
+                "volumes": thins,
+                "metadata_size": e.bytes,
+                "mapping_blocks": e.mapping_blocks,
+                "volume_blocks": e.volume_blocks,
+                "space_map_blocks": e.space_map_blocks,
+                "overhead_blocks": e.overhead_blocks,
+                "per_rewritten_snapshot": e.per_rewritten_snapshot_bytes,
+                "pool_create_default": e.default_bytes,
+                "fits": e.bytes <= MAX_METADATA,
+            }),
+        )?);
+    }
+    let kib = |b: u64| format_size(b * 4096);
+    writeln!(
+        out,
+        "metadata for a {} pool of {} blocks ({} blocks), {thins} volumes and snapshots: {} \
+         ({} bytes)",
+        format_size(a.pool_size),
+        format_size(a.block_size),
+        e.data_blocks,
+        format_size(e.bytes),
+        e.bytes
+    )?;
+    writeln!(
+        out,
+        "  mappings (every block mapped, leaves half full) {}, volumes {}, space maps {}, \
+         journal, reserve and in-flight copies {}",
+        kib(e.mapping_blocks),
+        kib(e.volume_blocks),
+        kib(e.space_map_blocks),
+        kib(e.overhead_blocks)
+    )?;
+    writeln!(
+        out,
+        "  each snapshot whose volume is then rewritten everywhere may add up to {}",
+        format_size(e.per_rewritten_snapshot_bytes)
+    )?;
+    writeln!(
+        out,
+        "  (`pool create` gives {} by default; pass --metadata-size to choose)",
+        format_size(e.default_bytes)
+    )?;
+    if e.bytes > MAX_METADATA {
+        writeln!(
+            out,
+            "  this is above the {} a pool's metadata may take: use a larger --block-size",
+            format_size(MAX_METADATA)
+        )?;
+    }
+    Ok(())
+}
+
 /// A names file: `DEV_ID NAME [SIZE]` per line, blank lines and `#` comments skipped.
 fn read_names(path: &Path) -> Result<BTreeMap<u64, (String, Option<u64>)>> {
     let text =

@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub use dmthin_cmds::{AdoptArgs, DumpArgs, DumpFormat, RestoreArgs};
+pub use dmthin_cmds::{AdoptArgs, DumpArgs, DumpFormat, MetadataSizeArgs, RestoreArgs};
 pub use export_cmds::{DiffArgs, ExportArgs, ExportDiffArgs, ImportArgs, ImportDiffArgs};
 pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
 pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs};
@@ -116,6 +116,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Turn a dm-thin pool (its metadata and data files) into a thinpool pool, data in place
     Adopt(AdoptArgs),
+    /// Estimate the metadata a pool needs (like thin_metadata_size)
+    MetadataSize(MetadataSizeArgs),
     /// Check a pool's metadata: every block, every reference count (like thin_check)
     Check(check_cmds::CheckArgs),
     /// Crash-injection runs: simulated power loss (or SIGKILL of the real binary)
@@ -143,6 +145,7 @@ impl Command {
             Command::Pool(PoolCmd::Create(_))
             | Command::Restore(_)
             | Command::Adopt(_)
+            | Command::MetadataSize(_)
             | Command::Demo(_)
             | Command::Serve(_)
             | Command::Crashtest(_) => return None,
@@ -237,6 +240,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::Pool(PoolCmd::Create(_))
         | Command::Restore(_)
         | Command::Adopt(_)
+        | Command::MetadataSize(_)
         | Command::Demo(_)
         | Command::Serve(_)
         | Command::Crashtest(_) => {
@@ -279,6 +283,7 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
         Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
         Command::Restore(a) => return dmthin_cmds::restore(a, out).map(|()| 0),
         Command::Adopt(a) => return dmthin_cmds::adopt(a, out).map(|()| 0),
+        Command::MetadataSize(a) => return dmthin_cmds::metadata_size(a, out).map(|()| 0),
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
         Command::Serve(a) => return serve_cmd::run(a, g.rewind, g.engine, out).map(|()| 0),
@@ -414,6 +419,7 @@ pub fn run_in_pool(
         Command::Pool(PoolCmd::Create(_))
         | Command::Restore(_)
         | Command::Adopt(_)
+        | Command::MetadataSize(_)
         | Command::Demo(_)
         | Command::Serve(_)
         | Command::Crashtest(_) => Err(anyhow::anyhow!(

@@ -10,12 +10,12 @@
 //! (input from a pipe is read once).
 
 use super::model::{DeviceDump, DumpError, DumpSink, PoolDump, Result, Run};
-use crate::meta::btree::capacity;
-use crate::meta::{DataBlock, MetaError, BLOCK_SIZE};
-use crate::pool::details::{validate_name, Details, DETAILS_SIZE};
+use crate::meta::{DataBlock, MetaError};
+use crate::pool::details::{validate_name, Details};
+use crate::pool::sizing::restore_estimate;
 use crate::pool::{
-    default_metadata_size, validate_block_size, CreateOptions, NewPool, Pool, PoolError,
-    VolumeBuilder, VolumeId, DEFAULT_CACHE_BLOCKS,
+    validate_block_size, CreateOptions, NewPool, Pool, PoolError, VolumeBuilder, VolumeId,
+    DEFAULT_CACHE_BLOCKS,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub struct RestoreOptions {
     pub data: Option<PathBuf>,
     /// The block size the caller expects; a dump that says otherwise is refused.
     pub block_size: Option<u64>,
-    /// Metadata size; default: what [`metadata_estimate`] gives for the survey.
+    /// Metadata size; default: what [`restore_estimate`] gives for the survey.
     pub metadata_size: Option<u64>,
     pub cache_blocks: usize,
     /// Names and sizes by dev_id (a `--names` file), overriding what the dump says; every
@@ -68,25 +68,6 @@ pub struct Restored {
     pub data_blocks_used: u64,
     pub metadata_blocks_used: u64,
     pub metadata_blocks_total: u64,
-}
-
-/// Metadata bytes for a restored pool: what its trees and space maps take packed full, twice
-/// over (room for the copies that writes and snapshots make afterwards), and never less than
-/// `pool create` would give a pool of its size.
-pub fn metadata_estimate(nr_data_blocks: u64, devices: u64, mappings: u64) -> u64 {
-    let per_leaf = capacity(8) as u64;
-    let per_internal = capacity(16) as u64 - 1;
-    let per_details = capacity(DETAILS_SIZE) as u64;
-    let leaves = mappings.div_ceil(per_leaf) + devices;
-    let internal = leaves.div_ceil(per_internal) * 2 + devices;
-    let details = devices.div_ceil(per_details) * 2 + 2;
-    // Data space-map pages and their index; the metadata map's own pages.
-    let sm = nr_data_blocks.div_ceil(16_128) * 2 + 8;
-    let blocks = leaves + internal + details + sm;
-    let bytes = (2 * blocks + 1024).saturating_mul(BLOCK_SIZE as u64);
-    bytes
-        .max(default_metadata_size(nr_data_blocks))
-        .next_multiple_of(BLOCK_SIZE as u64)
 }
 
 /// Read a dump through `feed` without building anything: every check a restore makes.
@@ -436,7 +417,7 @@ impl DumpSink for Builder {
         self.metadata_size = self
             .opts
             .metadata_size
-            .unwrap_or_else(|| metadata_estimate(s.nr_data_blocks, devices, mappings));
+            .unwrap_or_else(|| restore_estimate(s.nr_data_blocks, devices, mappings));
         let mut c = CreateOptions::new(s.nr_data_blocks * s.block_size);
         c.block_size = s.block_size;
         c.metadata_size = Some(self.metadata_size);

@@ -16,6 +16,7 @@ mod error;
 mod extents;
 mod open;
 mod shared;
+pub mod sizing;
 mod sync;
 pub mod trees;
 mod volume;
