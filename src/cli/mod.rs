@@ -31,7 +31,7 @@ use std::process::ExitCode;
 pub use dmthin_cmds::{AdoptArgs, DumpArgs, DumpFormat, MetadataSizeArgs, RestoreArgs};
 pub use export_cmds::{DiffArgs, ExportArgs, ExportDiffArgs, ImportArgs, ImportDiffArgs};
 pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
-pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs};
+pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs, PoolTrimArgs};
 pub use serve_cmd::ServeArgs;
 pub use volume_cmds::{
     CreateArgs, InfoArgs, ListArgs, RemoveArgs, RenameArgs, ResizeArgs, RollbackArgs, SnapshotArgs,
@@ -152,6 +152,7 @@ impl Command {
             Command::Check(a) => &a.pool,
             Command::Pool(PoolCmd::Info(a)) => &a.pool,
             Command::Pool(PoolCmd::Grow(a)) => &a.pool,
+            Command::Pool(PoolCmd::Trim(a)) => &a.pool,
             Command::Create(a) => &a.pool,
             Command::Snapshot(a) => &a.pool,
             Command::List(a) => &a.pool,
@@ -219,6 +220,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
     match cmd {
         Command::Pool(PoolCmd::Info(a)) => pool_cmds::info(a, pool, out),
         Command::Pool(PoolCmd::Grow(a)) => pool_cmds::grow(a, pool, out),
+        Command::Pool(PoolCmd::Trim(a)) => pool_cmds::trim(a, pool, out),
         Command::Create(a) => volume_cmds::create(a, pool, out),
         Command::Snapshot(a) => volume_cmds::snapshot(a, pool, out),
         Command::List(a) => volume_cmds::list(a, pool, out),

@@ -16,6 +16,8 @@ pub enum PoolCmd {
     Info(PoolInfoArgs),
     /// Grow the pool's data space
     Grow(PoolGrowArgs),
+    /// Punch every data block no protected commit uses out of the data file
+    Trim(PoolTrimArgs),
 }
 
 #[derive(Args, Debug)]
@@ -52,6 +54,50 @@ pub struct PoolGrowArgs {
     /// New data capacity (not smaller than the current one)
     #[arg(long, short, value_parser = parse_size, allow_hyphen_values = true)]
     pub size: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct PoolTrimArgs {
+    /// Pool directory
+    pub pool: PathBuf,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn trim(a: &PoolTrimArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {
+    let t = pool.trim()?;
+    let bs = pool.block_size();
+    if a.json {
+        print_json(
+            out,
+            &serde_json::json!({
+                "unused_blocks": t.blocks,
+                "runs": t.runs,
+                "allocated_before": t.allocated_before,
+                "allocated_after": t.allocated_after,
+            }),
+        )?;
+        return Ok(());
+    }
+    let alloc = match (t.allocated_before, t.allocated_after) {
+        (Some(b), Some(a)) => format!(
+            "; the data file held {} on disk, now {} ({} returned)",
+            format_size(b),
+            format_size(a),
+            format_size(b.saturating_sub(a))
+        ),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "trimmed pool {}: {} unused blocks ({}) in {} runs punched{alloc}",
+        a.pool.display(),
+        t.blocks,
+        format_size(t.blocks * bs),
+        t.runs
+    )?;
+    Ok(())
 }
 
 pub fn create(a: &PoolCreateArgs, out: &mut dyn Write) -> Result<()> {

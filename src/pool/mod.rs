@@ -19,10 +19,12 @@ mod shared;
 pub mod sizing;
 mod sync;
 pub mod trees;
+mod trim;
 mod volume;
 mod write;
 pub(crate) use build::VolumeBuilder;
 pub(crate) use open::NewPool;
+pub use trim::Trimmed;
 pub(crate) use volume::check_size_fits;
 pub use volume::VolumeInfo;
 

@@ -306,6 +306,50 @@ pub fn freed_by_last_commit<S: SmStore>(s: &mut S, k: SmKind) -> Result<Vec<u64>
     Ok(freed)
 }
 
+/// Every maximal run `(first, length)` of blocks whose count is zero now and in both
+/// protected states (blocks nothing a record still names uses: `pool trim` punches them).
+/// Each current page is read once, and a protected state's copy only where its block
+/// differs; pages with no free entry are skipped by their free count.
+pub fn unused_runs<S: SmStore>(s: &mut S, k: SmKind, f: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    let nr_blocks = s.sm_state(k).nr_blocks;
+    let mut run: Option<(u64, u64)> = None;
+    let flush = |run: &mut Option<(u64, u64)>, f: &mut dyn FnMut(u64, u64)| {
+        if let Some((a, n)) = run.take() {
+            f(a, n);
+        }
+    };
+    for pi in 0..s.sm_state(k).nr_pages() {
+        let base = pi * ENTRIES_PER_PAGE;
+        let n = (nr_blocks - base).min(ENTRIES_PER_PAGE) as usize;
+        let pr = page_ref(s, k, pi)?;
+        let page = read_page(s, pr)?;
+        if page::page_nr_free(&page) == 0 {
+            flush(&mut run, f);
+            continue;
+        }
+        let mut prot = Vec::new();
+        for which in 0..2u8 {
+            if let Some(p) = prot_page_ref(s, k, which, pi)? {
+                if p.block != pr.block {
+                    prot.push(read_page(s, p)?);
+                }
+            }
+        }
+        for i in 0..n {
+            let unused =
+                page::page_get(&page, i) == 0 && prot.iter().all(|p| page::page_get(p, i) == 0);
+            let b = base + i as u64;
+            match (&mut run, unused) {
+                (Some((_, len)), true) => *len += 1,
+                (None, true) => run = Some((b, 1)),
+                (_, false) => flush(&mut run, f),
+            }
+        }
+    }
+    flush(&mut run, f);
+    Ok(())
+}
+
 /// The highest block numbered `from` or above with a non-zero count in the current state,
 /// or `None`. Reads only the bitmap pages from `from` up, skipping pages with no used entry
 /// by their free count.

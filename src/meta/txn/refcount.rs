@@ -232,6 +232,12 @@ impl Tm {
         disk::highest_used(self, SmKind::Data, from)
     }
 
+    /// Every run `(first, length)` of data blocks that no state a record names uses
+    /// (count zero now, in S and in S-1).
+    pub fn data_unused_runs(&mut self, f: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        disk::unused_runs(self, SmKind::Data, f)
+    }
+
     /// Data blocks whose count is zero now but which a protected state still references.
     pub fn data_protected_pending(&self) -> bool {
         self.sm_state(SmKind::Data)
