@@ -63,6 +63,7 @@ fn check_inner(meta: Arc<dyn BlockDev>, data_len: Option<u64>, at_seq: Option<u6
     let mut c = Checker {
         dev: meta,
         label,
+        newest: open.newest_valid_seq,
         rec: rec.clone(),
         meta_refs: vec![0u32; rec.meta_blocks as usize],
         data_refs: vec![0u8; rec.data_blocks as usize],
@@ -104,6 +105,8 @@ fn damaged_roots(rep: &mut Report, meta: Arc<dyn BlockDev>) {
 struct Checker {
     dev: Arc<dyn BlockDev>,
     label: Label,
+    /// The newest valid commit (the one checked, unless `--seq` named an older one).
+    newest: u64,
     rec: Record,
     meta_refs: Vec<u32>,
     data_refs: Vec<u8>,

@@ -31,7 +31,9 @@ use std::process::ExitCode;
 pub use dmthin_cmds::{AdoptArgs, DumpArgs, DumpFormat, MetadataSizeArgs, RestoreArgs};
 pub use export_cmds::{DiffArgs, ExportArgs, ExportDiffArgs, ImportArgs, ImportDiffArgs};
 pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
-pub use pool_cmds::{PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs, PoolTrimArgs};
+pub use pool_cmds::{
+    PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs, PoolRewindArgs, PoolTrimArgs,
+};
 pub use serve_cmd::ServeArgs;
 pub use volume_cmds::{
     CreateArgs, InfoArgs, ListArgs, RemoveArgs, RenameArgs, ResizeArgs, RollbackArgs, SnapshotArgs,
@@ -143,6 +145,7 @@ impl Command {
     fn pool_dir(&self) -> Option<&Path> {
         Some(match self {
             Command::Pool(PoolCmd::Create(_))
+            | Command::Pool(PoolCmd::Rewind(_))
             | Command::Restore(_)
             | Command::Adopt(_)
             | Command::MetadataSize(_)
@@ -240,6 +243,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::Check(a) => check_cmds::check(a, pool, out),
         Command::Dump(a) => dmthin_cmds::dump(a, pool, out, mode),
         Command::Pool(PoolCmd::Create(_))
+        | Command::Pool(PoolCmd::Rewind(_))
         | Command::Restore(_)
         | Command::Adopt(_)
         | Command::MetadataSize(_)
@@ -283,6 +287,9 @@ pub fn main() -> ExitCode {
 fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result<i32> {
     let dir = match cmd {
         Command::Pool(PoolCmd::Create(a)) => return pool_cmds::create(a, out).map(|()| 0),
+        Command::Pool(PoolCmd::Rewind(a)) => {
+            return pool_cmds::rewind(a, g.engine, out).map(|()| 0)
+        }
         Command::Restore(a) => return dmthin_cmds::restore(a, out).map(|()| 0),
         Command::Adopt(a) => return dmthin_cmds::adopt(a, out).map(|()| 0),
         Command::MetadataSize(a) => return dmthin_cmds::metadata_size(a, out).map(|()| 0),
@@ -419,6 +426,7 @@ pub fn run_in_pool(
     };
     let res = match &cli.command {
         Command::Pool(PoolCmd::Create(_))
+        | Command::Pool(PoolCmd::Rewind(_))
         | Command::Restore(_)
         | Command::Adopt(_)
         | Command::MetadataSize(_)

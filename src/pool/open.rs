@@ -304,24 +304,57 @@ impl Pool {
 
     /// Open an existing pool.
     pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Pool> {
+        Pool::open_dir(dir, opts, None)
+    }
+
+    /// Open a pool read-write at its older commit `seq` (one of the protected ones), to make
+    /// that state the newest again (`pool rewind`). Nothing is written until
+    /// [`Pool::commit_rewind`]; dropping the pool before that leaves it as it was. The
+    /// report's `newest_valid_seq` is the commit the rewind discards from.
+    pub fn open_for_rewind(dir: &Path, seq: u64, opts: &OpenOptions) -> Result<Pool> {
+        let mut pool = Pool::open_dir(dir, opts, Some(seq))?;
+        // What `seq`'s own commit freed is told apart from its previous commit's space map,
+        // which is not protected any more when `seq` is two commits back: never read it.
+        // Those blocks are free in the rewound state, and its trim punches them.
+        pool.punch_last_frees = false;
+        let newest = pool.report.as_ref().map_or(seq, |r| r.newest_valid_seq);
+        if newest == seq {
+            return Err(PoolError::Meta(MetaError::NoValidRecord(format!(
+                "seq {seq} is already the newest commit: nothing to rewind"
+            ))));
+        }
+        Ok(pool)
+    }
+
+    /// Make the state this pool was opened at by [`Pool::open_for_rewind`] the newest: one
+    /// commit that records it (changing nothing else; the later commits' blocks become free,
+    /// and are punched from the data file).
+    pub fn commit_rewind(&mut self) -> Result<()> {
+        self.force_commit()?;
+        self.trim()?;
+        Ok(())
+    }
+
+    fn open_dir(dir: &Path, opts: &OpenOptions, rewind_to: Option<u64>) -> Result<Pool> {
         let mpath = dir.join("metadata");
         let dpath = dir.join("data");
         if !mpath.exists() {
             return Err(PoolError::NotAPool(dir.to_path_buf()));
         }
-        let writable = !opts.read_only;
+        let writable = !opts.read_only || rewind_to.is_some();
         if opts.at_seq.is_some() && writable {
             return Err(PoolError::Meta(MetaError::ReadOnly(
                 "an older state can only be opened read-only".into(),
             )));
         }
+        let at = rewind_to.or(opts.at_seq);
         let mdev = FileDev::open(&mpath, writable).map_err(io_err(&mpath, "open"))?;
         let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
         lock(&lockf, dir, writable)?;
         let ddev = crate::io::open_data_dev(&dpath, writable, opts.direct, opts.engine)
             .map_err(io_err(&dpath, "open"))?;
         let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
-        let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, opts.read_only, opts.at_seq)?;
+        let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, !writable, at)?;
         refuse_silent_rewind(&report, opts)?;
         let block_size = tm.label().data_block_size;
         let need = tm.data_space().total * block_size;

@@ -8,7 +8,10 @@
 //! space maps (count zero now, in S and in S-1) and punches it. Safe at any time, also with
 //! a transaction open: a block that transaction took counts in the current state.
 
-use super::{io_err, Pool, Result};
+use super::trees::{unpack_mapping, MAPPING};
+use super::{io_err, Pool, Result, VolumeId};
+use crate::meta::block::get_u64;
+use crate::meta::btree::Btree;
 use std::os::unix::fs::MetadataExt;
 
 /// What a trim did.
@@ -50,5 +53,42 @@ impl Pool {
             allocated_before: before,
             allocated_after: allocated()?,
         })
+    }
+}
+
+impl Pool {
+    /// The runs `(first, length)` of data blocks that neither this state nor the two
+    /// protected commits use: what [`Pool::trim`] punches, and what a commit after this one
+    /// may have punched already.
+    pub fn unused_data_runs(&mut self) -> Result<Vec<(u64, u64)>> {
+        let mut runs = Vec::new();
+        self.tm
+            .data_unused_runs(&mut |first, len| runs.push((first, len)))?;
+        Ok(runs)
+    }
+
+    /// Per volume of this state, how many of its mapped blocks lie in `runs` (sorted, as
+    /// [`Pool::unused_data_runs`] gives them): `pool rewind` refuses a commit whose volumes
+    /// map blocks that the newest commits no longer protect (they may be punched: they
+    /// would read as zeros).
+    pub fn mapped_in_runs(&mut self, runs: &[(u64, u64)]) -> Result<Vec<(VolumeId, String, u64)>> {
+        let mut out = Vec::new();
+        for (id, d) in self.volumes()? {
+            let root = self.vol_root(id)?;
+            let mut n = 0u64;
+            self.tm
+                .btree_walk(root, MAPPING, 0, u64::MAX, &mut |_, v| {
+                    let b = unpack_mapping(get_u64(v, 0)).0 .0;
+                    let i = runs.partition_point(|&(first, _)| first <= b);
+                    if i > 0 && b < runs[i - 1].0 + runs[i - 1].1 {
+                        n += 1;
+                    }
+                    true
+                })?;
+            if n > 0 {
+                out.push((id, d.name, n));
+            }
+        }
+        Ok(out)
     }
 }

@@ -216,7 +216,9 @@ impl Tm {
         let rec = match chosen {
             Some(r) => r,
             None => {
-                let why = if let Some(at) = at {
+                let why = if let (Some(at), Some((_, e))) = (at, skipped.first()) {
+                    format!("commit {at} is damaged: {e}")
+                } else if let Some(at) = at {
                     let lo = newest
                         .saturating_sub(2)
                         .max(recs.last().map_or(0, |r| r.seq));
