@@ -114,6 +114,97 @@ pub struct MetadataSizeArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// Pool directory
+    pub pool: PathBuf,
+    /// Only say what a repair would recover and what it would lose
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn repair(a: &RepairArgs, out: &mut dyn Write) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(a.pool.join("control.sock")).is_ok() {
+        anyhow::bail!(
+            "pool {} is being served; stop `thinpool serve` to repair it",
+            a.pool.display()
+        );
+    }
+    let r = crate::dmthin::repair::repair(&a.pool, a.dry_run)
+        .with_context(|| format!("cannot repair {}", a.pool.display()))?;
+    let s = &r.salvage;
+    let mappings: u64 = s.dump.devices.iter().map(|d| d.mapped_blocks).sum();
+    if a.json {
+        print_json(
+            out,
+            &json!({
+                "dry_run": a.dry_run,
+                "newest_seq": s.newest_seq,
+                "repaired_from_seq": s.chosen_seq,
+                "skipped": s.skipped.iter().map(|(seq, why)| json!({"seq": seq, "why": why})).collect::<Vec<_>>(),
+                "bad_slots": s.bad_slots,
+                "lost": s.lost,
+                "volumes": s.dump.devices.len(),
+                "mappings": mappings,
+                "seq": r.restored.map(|x| x.seq),
+                "backup": r.backup,
+            }),
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "pool {}: newest commit seq {}, {} from seq {}",
+        a.pool.display(),
+        s.newest_seq,
+        if a.dry_run {
+            "would repair"
+        } else {
+            "repaired"
+        },
+        s.chosen_seq
+    )?;
+    for slot in &s.bad_slots {
+        writeln!(out, "  damaged journal slot: {slot}")?;
+    }
+    if s.lost.is_empty() {
+        writeln!(out, "  nothing lost")?;
+    }
+    for l in &s.lost {
+        match &l.volume {
+            Some(v) if l.length > 0 => writeln!(
+                out,
+                "  lost: volume '{v}' bytes {}..{} ({}): {}",
+                l.offset,
+                l.offset + l.length,
+                format_size(l.length),
+                l.why
+            )?,
+            Some(v) => writeln!(out, "  lost: volume '{v}': {}", l.why)?,
+            None => writeln!(out, "  lost: {}", l.why)?,
+        }
+    }
+    match (&r.restored, &r.backup) {
+        (Some(done), Some(backup)) => writeln!(
+            out,
+            "  {} volumes, {mappings} mappings in new metadata (seq {}); the damaged metadata \
+             is kept as {}",
+            s.dump.devices.len(),
+            done.seq,
+            backup.display()
+        )?,
+        _ => writeln!(
+            out,
+            "  {} volumes, {mappings} mappings would be kept (dry run: nothing written)",
+            s.dump.devices.len()
+        )?,
+    }
+    Ok(())
+}
+
 /// The largest metadata file `pool create` makes.
 const MAX_METADATA: u64 = 16 << 30;
 

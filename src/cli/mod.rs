@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub use dmthin_cmds::{AdoptArgs, DumpArgs, DumpFormat, MetadataSizeArgs, RestoreArgs};
+pub use dmthin_cmds::{AdoptArgs, DumpArgs, DumpFormat, MetadataSizeArgs, RepairArgs, RestoreArgs};
 pub use export_cmds::{DiffArgs, ExportArgs, ExportDiffArgs, ImportArgs, ImportDiffArgs};
 pub use io_cmds::{DiscardArgs, ReadArgs, WriteArgs};
 pub use pool_cmds::{
@@ -120,6 +120,8 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// Estimate the metadata a pool needs (like thin_metadata_size)
     MetadataSize(MetadataSizeArgs),
+    /// Rebuild damaged metadata from what can be read, naming what was lost (like thin_repair)
+    Repair(RepairArgs),
     /// Check a pool's metadata: every block, every reference count (like thin_check)
     Check(check_cmds::CheckArgs),
     /// Crash-injection runs: simulated power loss (or SIGKILL of the real binary)
@@ -149,6 +151,7 @@ impl Command {
             | Command::Restore(_)
             | Command::Adopt(_)
             | Command::MetadataSize(_)
+            | Command::Repair(_)
             | Command::Demo(_)
             | Command::Serve(_)
             | Command::Crashtest(_) => return None,
@@ -247,6 +250,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         | Command::Restore(_)
         | Command::Adopt(_)
         | Command::MetadataSize(_)
+        | Command::Repair(_)
         | Command::Demo(_)
         | Command::Serve(_)
         | Command::Crashtest(_) => {
@@ -293,6 +297,7 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
         Command::Restore(a) => return dmthin_cmds::restore(a, out).map(|()| 0),
         Command::Adopt(a) => return dmthin_cmds::adopt(a, out).map(|()| 0),
         Command::MetadataSize(a) => return dmthin_cmds::metadata_size(a, out).map(|()| 0),
+        Command::Repair(a) => return dmthin_cmds::repair(a, out).map(|()| 0),
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
         Command::Serve(a) => return serve_cmd::run(a, g.rewind, g.engine, out).map(|()| 0),
@@ -430,6 +435,7 @@ pub fn run_in_pool(
         | Command::Restore(_)
         | Command::Adopt(_)
         | Command::MetadataSize(_)
+        | Command::Repair(_)
         | Command::Demo(_)
         | Command::Serve(_)
         | Command::Crashtest(_) => Err(anyhow::anyhow!(

@@ -12,5 +12,7 @@ pub mod dm_meta;
 pub mod dump;
 pub mod json;
 pub mod model;
+pub mod repair;
 pub mod restore;
+pub mod salvage;
 pub mod xml;
