@@ -270,3 +270,38 @@ fn repair_of_a_healthy_pool_keeps_everything_and_refuses_a_busy_one() {
     drop(held);
     thinpool(&["repair", tp.p(), "--dry-run"]).ok();
 }
+
+#[test]
+fn damaged_details_keep_the_volumes_found_in_the_mapping_tree() {
+    let (tp, data) = pool(8);
+    let meta = tp.dir.join("metadata");
+    let m = std::fs::read(&meta).unwrap();
+    // The details tree (kind 5): one leaf holding all three volumes, the newest of its
+    // copies is the one the record names.
+    let leaf = nodes(&m, 5)
+        .into_iter()
+        .filter(|n| n.leaf && n.keys.len() == 3)
+        .map(|n| n.block)
+        .max_by_key(|&b| u64_at(&m[b as usize * 4096..], 16))
+        .unwrap();
+    flip(&meta, leaf, 200);
+    let rep = thinpool(&["repair", tp.p(), "--json"]).ok().json();
+    let said = rep["lost"][0]["why"].as_str().unwrap();
+    assert!(
+        said.contains("the details of volume ids 0 and up are lost"),
+        "{said}"
+    );
+    let list = tp.list();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["recovered-1", "recovered-2", "recovered-3"]);
+    // Sized to their mappings, which are all there.
+    assert_eq!(read(&tp, "recovered-1"), data);
+    assert_eq!(read(&tp, "recovered-2"), data);
+    assert_eq!(read(&tp, "recovered-3"), pattern(4, 1 << 20));
+    thinpool(&["check", tp.p()]).ok();
+}
