@@ -56,12 +56,20 @@ pub struct RestoreArgs {
     /// Refuse a dump whose block size is not this one
     #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
-    /// Names and sizes for the devices, overriding the dump's: lines of `DEV_ID NAME [SIZE]`
-    /// ('#' starts a comment)
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+/// What `restore` and `adopt` share.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Names and sizes for the devices, overriding what the source says (dm-thin keeps
+    /// neither): lines of `DEV_ID NAME [SIZE]` ('#' starts a comment). Unnamed devices are
+    /// named by their dev_id and sized to their highest mapped block
     #[arg(long, value_name = "FILE")]
     pub names: Option<PathBuf>,
-    /// Metadata size (default: twice what the dump's trees take packed, and never less than
-    /// `pool create` gives a pool of its size)
+    /// Metadata size (default: twice what the trees take packed, and never less than `pool
+    /// create` gives a pool of its size)
     #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
     pub metadata_size: Option<u64>,
     /// Print one JSON object
@@ -80,18 +88,8 @@ pub struct AdoptArgs {
     /// becomes a symlink to it; nothing in it is written by the adoption)
     #[arg(long, value_name = "FILE")]
     pub dm_data: PathBuf,
-    /// Names and sizes for the devices (dm-thin keeps neither): lines of `DEV_ID NAME [SIZE]`
-    /// ('#' starts a comment). Unnamed devices are named by their dev_id and sized to their
-    /// highest mapped block
-    #[arg(long, value_name = "FILE")]
-    pub names: Option<PathBuf>,
-    /// Metadata size (default: twice what the trees take packed, and never less than `pool
-    /// create` gives a pool of its size)
-    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
-    pub metadata_size: Option<u64>,
-    /// Print one JSON object
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 #[derive(Args, Debug)]
@@ -279,6 +277,19 @@ pub fn metadata_size(a: &MetadataSizeArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+impl BuildArgs {
+    fn options(&self) -> Result<restore::RestoreOptions> {
+        Ok(restore::RestoreOptions {
+            metadata_size: self.metadata_size,
+            names: match &self.names {
+                Some(f) => read_names(f)?,
+                None => BTreeMap::new(),
+            },
+            ..restore::RestoreOptions::default()
+        })
+    }
+}
+
 /// A names file: `DEV_ID NAME [SIZE]` per line, blank lines and `#` comments skipped.
 fn read_names(path: &Path) -> Result<BTreeMap<u64, (String, Option<u64>)>> {
     let text =
@@ -369,12 +380,7 @@ pub fn adopt(a: &AdoptArgs, out: &mut dyn Write) -> Result<()> {
     }
     let opts = restore::RestoreOptions {
         data: Some(a.dm_data.clone()),
-        metadata_size: a.metadata_size,
-        names: match &a.names {
-            Some(f) => read_names(f)?,
-            None => BTreeMap::new(),
-        },
-        ..restore::RestoreOptions::default()
+        ..a.build.options()?
     };
     let meta = &a.dm_metadata;
     let ctx = || {
@@ -392,7 +398,7 @@ pub fn adopt(a: &AdoptArgs, out: &mut dyn Write) -> Result<()> {
     })
     .with_context(ctx)?;
     let from = format!("adopted from dm-thin metadata {}", meta.display());
-    report(out, a.json, &a.pool, &from, &done, Some(&a.dm_data))
+    report(out, a.build.json, &a.pool, &from, &done, Some(&a.dm_data))
 }
 
 fn is_std(p: &Path) -> bool {
@@ -511,12 +517,7 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
     let opts = restore::RestoreOptions {
         data: a.data.clone(),
         block_size: a.block_size,
-        metadata_size: a.metadata_size,
-        names: match &a.names {
-            Some(f) => read_names(f)?,
-            None => BTreeMap::new(),
-        },
-        ..restore::RestoreOptions::default()
+        ..a.build.options()?
     };
     // A file is read twice: once to check it and size the metadata before anything is
     // made, then to build. A pipe is read once, checked as it builds.
@@ -535,7 +536,7 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
     .with_context(|| format!("cannot restore {what} into {}", a.pool.display()))?;
     report(
         out,
-        a.json,
+        a.build.json,
         &a.pool,
         &format!("restored from {what}"),
         &done,
@@ -549,12 +550,7 @@ pub(super) fn forwarded_argv(cmd: &super::Command, argv: &[String]) -> Option<Re
     let super::Command::Dump(a) = cmd else {
         return None;
     };
-    let abs = |p: &Path| -> Result<String> {
-        Ok(std::path::absolute(p)
-            .with_context(|| format!("cannot resolve {}", p.display()))?
-            .to_string_lossy()
-            .into_owned())
-    };
+    let abs = super::absolute_arg;
     Some((|| {
         let mut v = vec![
             argv.first().cloned().unwrap_or_else(|| "thinpool".into()),

@@ -416,15 +416,7 @@ pub(super) fn forwarded_argv(cmd: &super::Command, argv: &[String]) -> Option<Re
         ),
         _ => return None,
     };
-    let abs = |p: &Path| -> Result<String> {
-        if is_std(p) {
-            return Ok("-".into());
-        }
-        Ok(std::path::absolute(p)
-            .with_context(|| format!("cannot resolve {}", p.display()))?
-            .to_string_lossy()
-            .into_owned())
-    };
+    let abs = super::absolute_arg;
     Some((|| {
         let mut v = vec![
             argv.first().cloned().unwrap_or_else(|| "thinpool".into()),

@@ -370,6 +370,18 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
     Ok(0)
 }
 
+/// A path argument as a server must get it: absolute, since the server has its own working
+/// directory (`-`, stdin or stdout, stays as it is: the server refuses it).
+pub(crate) fn absolute_arg(p: &Path) -> Result<String> {
+    if p.as_os_str() == "-" {
+        return Ok("-".into());
+    }
+    Ok(std::path::absolute(p)
+        .with_context(|| format!("cannot resolve {}", p.display()))?
+        .to_string_lossy()
+        .into_owned())
+}
+
 /// The argv sent to a server. A server has its own working directory, so file paths are
 /// made absolute first; everything else goes as typed.
 fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
@@ -387,12 +399,7 @@ fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
     let Some(file) = file.as_ref().filter(|f| f.as_os_str() != "-") else {
         return Ok(argv.to_vec());
     };
-    let abs = |p: &PathBuf| -> Result<String> {
-        Ok(std::path::absolute(p)
-            .with_context(|| format!("cannot resolve {}", p.display()))?
-            .to_string_lossy()
-            .into_owned())
-    };
+    let abs = |p: &PathBuf| absolute_arg(p);
     let mut v = vec![
         argv.first().cloned().unwrap_or_else(|| "thinpool".into()),
         verb.to_string(),

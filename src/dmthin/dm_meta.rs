@@ -9,7 +9,7 @@
 //! details tree (dev_id → 24-byte details) and the two-level mapping tree (dev_id → root of
 //! that device's tree; virtual block → `data block << 24 | time`).
 
-use super::model::{DeviceDump, DumpError, DumpSink, PoolDump, Result, Run};
+use super::model::{DeviceDump, DumpError, DumpSink, PoolDump, Result, RunMerger};
 use crate::io::{BlockDev, FileDev};
 use std::path::Path;
 
@@ -303,27 +303,15 @@ pub fn read(path: &Path, sink: &mut dyn DumpSink) -> Result<DmSuperblock> {
             created: None,
             mappings: Vec::new(),
         })?;
-        let mut pending: Option<Run> = None;
+        let mut runs = RunMerger::default();
         m.walk(root, 8, "device mapping", &mut |vb, v| {
             let raw = u64_at(v, 0);
-            let (b, time) = (raw >> 24, (raw & 0xff_ffff) as u32);
-            if let Some(r) = pending.as_mut() {
-                if r.time == time && r.origin_begin + r.length == vb && r.data_begin + r.length == b
-                {
-                    r.length += 1;
-                    return Ok(());
-                }
-                sink.run(r)?;
+            match runs.push(vb, raw >> 24, (raw & 0xff_ffff) as u32) {
+                Some(r) => sink.run(&r),
+                None => Ok(()),
             }
-            pending = Some(Run {
-                origin_begin: vb,
-                data_begin: b,
-                length: 1,
-                time,
-            });
-            Ok(())
         })?;
-        if let Some(r) = pending {
+        if let Some(r) = runs.finish() {
             sink.run(&r)?;
         }
         sink.end_device()?;

@@ -2,7 +2,7 @@
 //! virtual-block order, consecutive mappings merged into runs. Memory stays bounded: one
 //! pending run at a time, the tree read through the pool's block cache.
 
-use super::model::{DeviceDump, DumpError, DumpSink, PoolDump, Result, Run};
+use super::model::{DeviceDump, DumpError, DumpSink, PoolDump, Result, RunMerger};
 use crate::meta::block::get_u64;
 use crate::meta::btree::Btree;
 use crate::pool::trees::{unpack_mapping, MAPPING};
@@ -51,41 +51,30 @@ pub fn dump(pool: &mut Pool, sink: &mut dyn DumpSink) -> Result<DumpStats> {
             mappings: Vec::new(),
         })?;
         let root = pool.vol_root(id)?;
-        let mut pending: Option<Run> = None;
+        let mut runs = RunMerger::default();
         let mut failed: Option<DumpError> = None;
         let mut mapped = 0u64;
         pool.tm
             .btree_walk(root, MAPPING, 0, u64::MAX, &mut |vb, v| {
                 let (b, time) = unpack_mapping(get_u64(v, 0));
                 mapped += 1;
-                if let Some(r) = pending.as_mut() {
-                    if r.time == time
-                        && r.origin_begin + r.length == vb
-                        && r.data_begin + r.length == b.0
-                    {
-                        r.length += 1;
-                        return true;
-                    }
-                    let done = *r;
-                    stats.runs += 1;
-                    if let Err(e) = sink.run(&done) {
+                let Some(done) = runs.push(vb, b.0, time) else {
+                    return true;
+                };
+                stats.runs += 1;
+                match sink.run(&done) {
+                    Ok(()) => true,
+                    Err(e) => {
                         failed = Some(e);
-                        return false;
+                        false
                     }
                 }
-                pending = Some(Run {
-                    origin_begin: vb,
-                    data_begin: b.0,
-                    length: 1,
-                    time,
-                });
-                true
             })
             .map_err(PoolError::from)?;
         if let Some(e) = failed {
             return Err(e);
         }
-        if let Some(r) = pending {
+        if let Some(r) = runs.finish() {
             stats.runs += 1;
             sink.run(&r)?;
         }

@@ -66,6 +66,49 @@ pub struct Run {
     pub time: u32,
 }
 
+impl Run {
+    fn single(origin: u64, data: u64, time: u32) -> Run {
+        Run {
+            origin_begin: origin,
+            data_begin: data,
+            length: 1,
+            time,
+        }
+    }
+
+    /// Whether mapping `origin -> data` at `time` extends this run by one.
+    fn continues(&self, origin: u64, data: u64, time: u32) -> bool {
+        self.time == time
+            && self.origin_begin + self.length == origin
+            && self.data_begin + self.length == data
+    }
+}
+
+/// Merges mappings that come in ascending virtual order into runs, handing each run out once
+/// the next mapping does not continue it (dumps stream their runs this way).
+#[derive(Default)]
+pub struct RunMerger {
+    pending: Option<Run>,
+}
+
+impl RunMerger {
+    /// Add a mapping; returns the run it completed, if any.
+    pub fn push(&mut self, origin: u64, data: u64, time: u32) -> Option<Run> {
+        match self.pending.as_mut() {
+            Some(r) if r.continues(origin, data, time) => {
+                r.length += 1;
+                None
+            }
+            _ => self.pending.replace(Run::single(origin, data, time)),
+        }
+    }
+
+    /// The last run.
+    pub fn finish(self) -> Option<Run> {
+        self.pending
+    }
+}
+
 /// Why a dump or restore failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -181,21 +224,10 @@ impl DeviceDump {
     /// thin_dump merges them). Mappings must come in ascending virtual order.
     pub fn push_mapping(&mut self, origin: u64, data: u64, time: u32) {
         self.mapped_blocks += 1;
-        if let Some(last) = self.mappings.last_mut() {
-            if last.time == time
-                && last.origin_begin + last.length == origin
-                && last.data_begin + last.length == data
-            {
-                last.length += 1;
-                return;
-            }
+        match self.mappings.last_mut() {
+            Some(last) if last.continues(origin, data, time) => last.length += 1,
+            _ => self.mappings.push(Run::single(origin, data, time)),
         }
-        self.mappings.push(Run {
-            origin_begin: origin,
-            data_begin: data,
-            length: 1,
-            time,
-        });
     }
 }
 

@@ -109,6 +109,20 @@ fn prot_page_ref<S: SmStore>(s: &mut S, k: SmKind, which: u8, pi: u64) -> Result
     Ok(r)
 }
 
+/// The protected states' copies of page `pi` that differ from the current one `pr` (an
+/// entry is free in every state only if it is zero in the current page and in these).
+fn protected_pages<S: SmStore>(s: &mut S, k: SmKind, pi: u64, pr: BlockRef) -> Result<Vec<Block>> {
+    let mut prot = Vec::new();
+    for which in 0..2u8 {
+        if let Some(p) = prot_page_ref(s, k, which, pi)? {
+            if p.block != pr.block {
+                prot.push(read_page(s, p)?);
+            }
+        }
+    }
+    Ok(prot)
+}
+
 fn read_page<S: SmStore>(s: &mut S, r: BlockRef) -> Result<Block> {
     let blk = s.bitmap(r.block)?;
     check_page(&blk, r)?;
@@ -245,14 +259,7 @@ pub fn find_free<S: SmStore>(s: &mut S, k: SmKind) -> Result<Option<u64>> {
         if page::page_nr_free(&page) == 0 {
             continue;
         }
-        let mut prot = Vec::new();
-        for which in 0..2u8 {
-            if let Some(p) = prot_page_ref(s, k, which, pi)? {
-                if p.block != pr.block {
-                    prot.push(read_page(s, p)?);
-                }
-            }
-        }
+        let prot = protected_pages(s, k, pi, pr)?;
         let mut i = lo;
         while let Some(z) = page::page_find_zero(&page, i, limit) {
             let b = base + z as u64;
@@ -327,14 +334,7 @@ pub fn unused_runs<S: SmStore>(s: &mut S, k: SmKind, f: &mut dyn FnMut(u64, u64)
             flush(&mut run, f);
             continue;
         }
-        let mut prot = Vec::new();
-        for which in 0..2u8 {
-            if let Some(p) = prot_page_ref(s, k, which, pi)? {
-                if p.block != pr.block {
-                    prot.push(read_page(s, p)?);
-                }
-            }
-        }
+        let prot = protected_pages(s, k, pi, pr)?;
         for i in 0..n {
             let unused =
                 page::page_get(&page, i) == 0 && prot.iter().all(|p| page::page_get(p, i) == 0);
