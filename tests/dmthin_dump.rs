@@ -320,6 +320,16 @@ fn restore_refuses_a_short_data_file_small_metadata_and_a_taken_directory() {
     // --block-size that disagrees with the dump.
     thinpool(&["restore", t, "-i", &xml, "--block-size", "4K"]).fails(1, "not the 4096");
     assert!(!target.exists());
+    // The data file of a pool that is open: two pools must never share one.
+    {
+        let held =
+            thinpool::pool::Pool::open(&tp.dir, &thinpool::pool::OpenOptions::default()).unwrap();
+        let data = tp.dir.join("data");
+        thinpool(&["restore", t, "-i", &xml, "--data", data.to_str().unwrap()])
+            .fails(1, "is in use by another pool");
+        assert!(!target.exists());
+        drop(held);
+    }
     // The pool's own directory, or any non-empty one, is not a target.
     thinpool(&["restore", tp.p(), "-i", &xml]).fails(1, "already exists");
     tp.check_clean();

@@ -33,6 +33,8 @@ pub enum PoolError {
     NeedsRewind(crate::meta::txn::Rewind),
     #[error("pool {0} is in use: another process has it open read-write (stop that process, or send commands through its `thinpool serve`)")]
     InUse(PathBuf),
+    #[error("data file {0} is in use by another pool (or another process has this pool open): two pools must never share a data file")]
+    DataInUse(PathBuf),
     #[error("{0} is not a thinpool pool (no metadata file)")]
     NotAPool(PathBuf),
     #[error(

@@ -176,6 +176,8 @@ pub struct Pool {
     pub(crate) tm: Tm,
     pub(crate) data: Arc<dyn BlockDev>,
     _lock: Option<File>,
+    /// The same on the data file (docs/format.md: two pools never share one).
+    _data_lock: Option<File>,
     block_size: u64,
     /// The two top-level trees' roots. Assigned only through `set_details_root` and
     /// `set_top_root`, which clear the data path's memo of them.

@@ -31,6 +31,30 @@ fn refuse_silent_rewind(report: &OpenReport, opts: &OpenOptions) -> Result<()> {
 }
 
 fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
+    lock_or(file, path, exclusive, || {
+        PoolError::InUse(path.to_path_buf())
+    })
+}
+
+/// Lock the data file too (shared for a read-only open, exclusive otherwise), so that two
+/// pools never use one data file at once: a restore or adopt onto another pool's data file,
+/// or two pools whose `data` links lead to one file.
+fn lock_data(path: &Path, exclusive: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO in its place must not hang the open (the data device's own open
+    // refuses it).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err(path, "open"))?;
+    lock_or(&f, path, exclusive, || {
+        PoolError::DataInUse(path.to_path_buf())
+    })?;
+    Ok(f)
+}
+
+fn lock_or(file: &File, path: &Path, exclusive: bool, busy: impl Fn() -> PoolError) -> Result<()> {
     // A lock that a process released an instant ago can still be held by a child that some
     // other thread forked in between (the descriptor is shared until the child execs), so a
     // busy lock is retried for a moment before the pool is declared in use.
@@ -46,7 +70,7 @@ fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            return Err(PoolError::InUse(path.to_path_buf()));
+            return Err(busy());
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -158,6 +182,7 @@ impl Pool {
             tm,
             data,
             _lock: None,
+            _data_lock: None,
             details_root: user.details_root,
             top_root: user.top_root,
             next_id: user.next_id,
@@ -272,19 +297,22 @@ impl Pool {
         // filesystem filled up with data (only data writes may, and they fail cleanly).
         mdev.preallocate(meta_blocks * BLOCK_SIZE as u64)
             .map_err(io_err(&mpath, "reserve space for the metadata file"))?;
-        let ddev = match adopted {
+        let (ddev, data_lock) = match adopted {
             Some(target) => {
+                // Locked before anything points at it: a file another pool uses is refused.
+                let data_lock = lock_data(&target, true)?;
                 std::os::unix::fs::symlink(&target, &dpath)
                     .map_err(io_err(&dpath, "create symlink"))?;
                 partial.files.push(dpath.clone());
-                FileDev::open(&dpath, true).map_err(io_err(&target, "open"))?
+                let ddev = FileDev::open(&dpath, true).map_err(io_err(&target, "open"))?;
+                (ddev, data_lock)
             }
             None => {
                 let ddev = FileDev::create(&dpath).map_err(io_err(&dpath, "create"))?;
                 partial.files.push(dpath.clone());
                 ddev.ensure_len(data_blocks * opts.block_size)
                     .map_err(io_err(&dpath, "size data file"))?;
-                ddev
+                (ddev, lock_data(&dpath, true)?)
             }
         };
         let label = Label {
@@ -299,6 +327,7 @@ impl Pool {
         let mut pool = Pool::created(mdev, Arc::new(ddev), label, opts)?;
         pool.dir = dir.to_path_buf();
         pool._lock = Some(lockf);
+        pool._data_lock = Some(data_lock);
         Ok(NewPool { pool, partial })
     }
 
@@ -353,6 +382,7 @@ impl Pool {
         lock(&lockf, dir, writable)?;
         let ddev = crate::io::open_data_dev(&dpath, writable, opts.direct, opts.engine)
             .map_err(io_err(&dpath, "open"))?;
+        let data_lock = lock_data(&dpath, writable)?;
         let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
         let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, !writable, at)?;
         refuse_silent_rewind(&report, opts)?;
@@ -380,6 +410,7 @@ impl Pool {
         let mut pool = Pool::assemble(tm, ddev, Some(report));
         pool.dir = dir.to_path_buf();
         pool._lock = Some(lockf);
+        pool._data_lock = Some(data_lock);
         pool.record_rewind()?;
         Ok(pool)
     }
