@@ -1,6 +1,6 @@
 //! `thinpool repair`: a pool whose metadata is damaged rebuilt from what can be read, as
 //! `thin_repair` does for dm-thin: [`salvage`](super::salvage) reads the best record and
-//! every readable node, and [`restore`](super::restore) builds fresh metadata from that into
+//! every readable node, and [`restore`] builds fresh metadata from that into
 //! a new file beside the old one, on the same data file. The new file then replaces the old
 //! by one rename, and the damaged metadata stays as `metadata.damaged-SEQ-TIME` (a hard link,
 //! no copy): nothing is ever written into the damaged file, and a crash at any point leaves
