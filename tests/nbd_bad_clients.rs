@@ -458,10 +458,9 @@ fn trimmed_space_returns_to_the_filesystem_on_an_idle_server() {
     srv.stop().unwrap();
 }
 
-/// A data device whose reads, once armed, wait until `want` of them are inside at once
-/// (or 10 s pass: then they fail, and the server replies EIO).
+/// Reads, once armed, wait until `want` of them are inside at once (or 10 s pass: then they
+/// fail, and the server replies EIO).
 struct Rendezvous {
-    inner: thinpool::io::MemDev,
     armed: std::sync::atomic::AtomicBool,
     want: usize,
     /// (reads inside now, most inside at once, everyone released)
@@ -469,8 +468,8 @@ struct Rendezvous {
     cv: std::sync::Condvar,
 }
 
-impl thinpool::io::BlockDev for Rendezvous {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+impl thinpool::io::hooked::Hooks for Rendezvous {
+    fn before_read(&self, _offset: u64, _len: usize) -> std::io::Result<()> {
         if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
             let mut st = self.state.lock().unwrap();
             st.0 += 1;
@@ -489,22 +488,7 @@ impl thinpool::io::BlockDev for Rendezvous {
                 return Err(std::io::Error::other("fewer reads in flight than wanted"));
             }
         }
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.punch_hole(offset, len)
-    }
-    fn ensure_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.ensure_len(len)
+        Ok(())
     }
 }
 
@@ -520,13 +504,15 @@ fn reads_that_block_on_the_device_are_all_in_flight_together() {
     use thinpool::pool::{CreateOptions, Pool};
     const N: usize = 16;
     const BS: u64 = 64 << 10;
-    let data = Arc::new(Rendezvous {
-        inner: MemDev::new(64 << 20).unwrap(),
-        armed: false.into(),
-        want: N,
-        state: Default::default(),
-        cv: Default::default(),
-    });
+    let data = Arc::new(thinpool::io::hooked::Hooked::new(
+        MemDev::new(64 << 20).unwrap(),
+        Rendezvous {
+            armed: false.into(),
+            want: N,
+            state: Default::default(),
+            cv: Default::default(),
+        },
+    ));
     let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(16 << 20).unwrap());
     let mut o = CreateOptions::new(32 << 20);
     o.block_size = BS;

@@ -15,6 +15,8 @@ mod aligned;
 mod direct;
 mod engine;
 mod file;
+#[doc(hidden)]
+pub mod hooked;
 pub mod lock;
 mod mem;
 mod op;

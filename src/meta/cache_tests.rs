@@ -4,6 +4,7 @@
 //! on what is read.
 
 use super::*;
+use crate::io::hooked::{Hooked, Hooks};
 use crate::io::MemDev;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -211,42 +212,28 @@ fn reads_check_type_range_and_checksum() {
     assert!(other.unwrap_err().to_string().contains("UUID"));
 }
 
-/// A memory device whose writes fail while `fail` is set.
+/// Writes fail while `fail` is set.
 struct FailingWrites {
-    inner: MemDev,
     fail: AtomicBool,
 }
 
-impl BlockDev for FailingWrites {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+impl Hooks for FailingWrites {
+    fn before_write(&self, _offset: u64, _len: usize) -> std::io::Result<()> {
         if self.fail.load(Ordering::Relaxed) {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.punch_hole(offset, len)
-    }
-    fn ensure_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.ensure_len(len)
+        Ok(())
     }
 }
 
 #[test]
 fn a_failed_write_of_a_dirty_victim_is_an_io_error() {
-    let dev = Arc::new(FailingWrites {
-        inner: MemDev::new(1024 * BLOCK_SIZE as u64).unwrap(),
-        fail: AtomicBool::new(false),
-    });
+    let dev = Arc::new(Hooked::new(
+        MemDev::new(1024 * BLOCK_SIZE as u64).unwrap(),
+        FailingWrites {
+            fail: AtomicBool::new(false),
+        },
+    ));
     let mut bm = BlockManager::new(dev.clone(), UUID, 1024, 64);
     for b in 0..64u64 {
         bm.put_new(MetaBlock(b), node(b, 1)).unwrap();

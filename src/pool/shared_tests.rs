@@ -1,6 +1,7 @@
 //! Tests of `SharedPool` with real threads and std's channels (not with shuttle's locks).
 
 use super::*;
+use crate::io::hooked::{Hooked, Hooks};
 use crate::io::MemDev;
 use crate::pool::CreateOptions;
 use rand::{Rng, SeedableRng};
@@ -8,9 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// A data device that counts flushes and can hold the next flush until released.
+/// Counts flushes and can hold the next flush until released.
 struct SlowFlush {
-    inner: MemDev,
     flushes: AtomicUsize,
     hold_next: AtomicBool,
     entered: Mutex<Option<mpsc::Sender<()>>>,
@@ -18,14 +18,17 @@ struct SlowFlush {
 }
 
 impl SlowFlush {
-    fn new() -> Arc<SlowFlush> {
-        Arc::new(SlowFlush {
-            inner: MemDev::new(64 << 20).unwrap(),
-            flushes: AtomicUsize::new(0),
-            hold_next: AtomicBool::new(false),
-            entered: Mutex::new(None),
-            release: Mutex::new(None),
-        })
+    /// A data device with these hooks.
+    fn new() -> Arc<Hooked<SlowFlush>> {
+        Arc::new(Hooked::new(
+            MemDev::new(64 << 20).unwrap(),
+            SlowFlush {
+                flushes: AtomicUsize::new(0),
+                hold_next: AtomicBool::new(false),
+                entered: Mutex::new(None),
+                release: Mutex::new(None),
+            },
+        ))
     }
     /// Hold the next flush: `entered` gets a message when it starts, and it returns
     /// once the returned sender sends.
@@ -38,14 +41,8 @@ impl SlowFlush {
     }
 }
 
-impl BlockDev for SlowFlush {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
+impl Hooks for SlowFlush {
+    fn before_flush(&self) -> std::io::Result<()> {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         if self.hold_next.swap(false, Ordering::SeqCst) {
             if let Some(tx) = self.entered.lock().unwrap().take() {
@@ -54,20 +51,11 @@ impl BlockDev for SlowFlush {
             let rx = self.release.lock().unwrap().take().unwrap();
             rx.recv_timeout(Duration::from_secs(30)).unwrap();
         }
-        self.inner.flush()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.punch_hole(offset, len)
-    }
-    fn ensure_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.ensure_len(len)
+        Ok(())
     }
 }
 
-fn slow_pool() -> (Arc<SharedPool>, Arc<SlowFlush>, VolumeId) {
+fn slow_pool() -> (Arc<SharedPool>, Arc<Hooked<SlowFlush>>, VolumeId) {
     let meta: Arc<dyn BlockDev> = Arc::new(MemDev::new(64 << 20).unwrap());
     let data = SlowFlush::new();
     let mut o = CreateOptions::new(64 << 20);
