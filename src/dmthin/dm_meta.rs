@@ -290,19 +290,7 @@ pub fn read(path: &Path, sink: &mut dyn DumpSink) -> Result<DmSuperblock> {
         )));
     }
     for ((dev_id, mapped, trans, ctime, stime), (_, root)) in details.into_iter().zip(roots) {
-        sink.device(&DeviceDump {
-            dev_id,
-            mapped_blocks: mapped,
-            transaction: trans,
-            creation_time: ctime,
-            snap_time: stime,
-            name: None,
-            size: None,
-            read_only: false,
-            origin: None,
-            created: None,
-            mappings: Vec::new(),
-        })?;
+        sink.device(&DeviceDump::dm(dev_id, mapped, trans, ctime, stime))?;
         let mut runs = RunMerger::default();
         m.walk(root, 8, "device mapping", &mut |vb, v| {
             let raw = u64_at(v, 0);

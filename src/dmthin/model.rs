@@ -211,6 +211,30 @@ impl Collect {
 }
 
 impl DeviceDump {
+    /// What dm-thin records of a device; the fields it lacks (name, size, read-only flag,
+    /// origin, creation clock time) are empty, and the mappings follow.
+    pub fn dm(
+        dev_id: u64,
+        mapped_blocks: u64,
+        transaction: u64,
+        creation_time: u32,
+        snap_time: u32,
+    ) -> DeviceDump {
+        DeviceDump {
+            dev_id,
+            mapped_blocks,
+            transaction,
+            creation_time,
+            snap_time,
+            name: None,
+            size: None,
+            read_only: false,
+            origin: None,
+            created: None,
+            mappings: Vec::new(),
+        }
+    }
+
     /// Everything but the mappings.
     pub fn clone_header(&self) -> DeviceDump {
         DeviceDump {
@@ -236,19 +260,7 @@ mod tests {
     use super::*;
 
     fn dev() -> DeviceDump {
-        DeviceDump {
-            dev_id: 0,
-            mapped_blocks: 0,
-            transaction: 0,
-            creation_time: 0,
-            snap_time: 0,
-            name: None,
-            size: None,
-            read_only: false,
-            origin: None,
-            created: None,
-            mappings: Vec::new(),
-        }
+        DeviceDump::dm(0, 0, 0, 0, 0)
     }
 
     #[test]

@@ -39,6 +39,20 @@ pub struct Lost {
     pub block: Option<u64>,
 }
 
+impl Lost {
+    /// A loss of no one volume's bytes: a commit, or a range of volume ids.
+    fn of_pool(why: String, block: Option<u64>) -> Lost {
+        Lost {
+            volume: None,
+            id: None,
+            offset: 0,
+            length: 0,
+            why,
+            block,
+        }
+    }
+}
+
 /// What a salvage found.
 #[derive(Debug, Clone)]
 pub struct Salvage {
@@ -132,29 +146,21 @@ pub fn salvage(dev: Arc<dyn BlockDev>) -> Result<Salvage> {
         )));
     };
     if !next_damaged.is_empty() {
-        lost.push(Lost {
-            volume: None,
-            id: None,
-            offset: 0,
-            length: 0,
-            why: format!(
+        lost.push(Lost::of_pool(
+            format!(
                 "the record in slot {next_slot} ({}), where commit {} would be, is damaged: if \
                  that commit was acknowledged, what it changed is lost",
                 next_damaged.join(" and "),
                 newest_seq + 1
             ),
-            block: None,
-        });
+            None,
+        ));
     }
     for (seq, why) in &skipped {
-        lost.push(Lost {
-            volume: None,
-            id: None,
-            offset: 0,
-            length: 0,
-            why: format!("commit {seq} (what it changed since the one before): {why}"),
-            block: None,
-        });
+        lost.push(Lost::of_pool(
+            format!("commit {seq} (what it changed since the one before): {why}"),
+            None,
+        ));
     }
 
     let bs = label.data_block_size;
@@ -169,19 +175,15 @@ pub fn salvage(dev: Arc<dyn BlockDev>) -> Result<Salvage> {
     );
     let details_lost = w.take_damage();
     for d in &details_lost {
-        lost.push(Lost {
-            volume: None,
-            id: None,
-            offset: 0,
-            length: 0,
-            why: format!(
+        lost.push(Lost::of_pool(
+            format!(
                 "the details of volume ids {} are lost (volumes found there in the top-level \
                  tree are named recovered-ID): {}",
                 id_range(d.lo, d.hi),
                 d.why
             ),
-            block: Some(d.block),
-        });
+            Some(d.block),
+        ));
     }
     let mut roots = BTreeMap::new();
     w.walk(
@@ -212,18 +214,14 @@ pub fn salvage(dev: Arc<dyn BlockDev>) -> Result<Salvage> {
     }
     for dmg in &top_lost {
         if !details.keys().any(|id| (dmg.lo..dmg.hi).contains(id)) {
-            lost.push(Lost {
-                volume: None,
-                id: None,
-                offset: 0,
-                length: 0,
-                why: format!(
+            lost.push(Lost::of_pool(
+                format!(
                     "volume ids {} of the top-level tree, of which no details remain: {}",
                     id_range(dmg.lo, dmg.hi),
                     dmg.why
                 ),
-                block: Some(dmg.block),
-            });
+                Some(dmg.block),
+            ));
         }
     }
     let mut devices = Vec::new();

@@ -204,19 +204,13 @@ fn element(e: &BytesStart, empty: bool, state: State, sink: &mut dyn DumpSink) -
         }
         (State::Superblock, "device") => {
             let mut a = Attrs::read(e)?;
-            sink.device(&DeviceDump {
-                dev_id: a.num("dev_id")?,
-                mapped_blocks: a.num("mapped_blocks")?,
-                transaction: a.num("transaction")?,
-                creation_time: a.num("creation_time")?,
-                snap_time: a.num("snap_time")?,
-                name: None,
-                size: None,
-                read_only: false,
-                origin: None,
-                created: None,
-                mappings: Vec::new(),
-            })?;
+            sink.device(&DeviceDump::dm(
+                a.num("dev_id")?,
+                a.num("mapped_blocks")?,
+                a.num("transaction")?,
+                a.num("creation_time")?,
+                a.num("snap_time")?,
+            ))?;
             if empty {
                 sink.end_device()?;
                 return Ok(State::Superblock);
