@@ -3,8 +3,8 @@
 //! nothing is read back, so building `n` entries costs O(n) and `n / capacity` node writes
 //! instead of `n` root-to-leaf inserts.
 
+use super::mutate::new_node;
 use super::node::{insert_entry, Node};
-use super::ops::new_node;
 use super::{Btree, NodeStore, TreeKind};
 use crate::meta::journal::{encode_ref, BlockRef};
 use crate::meta::Result;

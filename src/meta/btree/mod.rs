@@ -10,15 +10,18 @@
 //! reference is changed in place; any other node is copied to a fresh block (and, when it was
 //! shared, its children gain a reference each, since two nodes now point at them).
 //!
-//! The operations ([`Btree`], `ops.rs`) reach blocks and reference counts only through
+//! The operations ([`Btree`] in `ops.rs`; their read side in `read.rs`, their write side in
+//! `mutate.rs`) reach blocks and reference counts only through
 //! [`NodeStore`], which the transaction manager implements (`txn/`). Node bytes: `node.rs`
 //! and docs/format.md, "B-tree nodes". Internal-node values are child pointers (`block u64`,
 //! `generation u64`), and a child's generation must equal what its parent recorded. An
 //! internal node's key `i` is a lower bound of every key below child `i`.
 
 mod build;
+mod mutate;
 mod node;
 mod ops;
+mod read;
 #[cfg(test)]
 mod tests;
 

@@ -1,5 +1,5 @@
 //! A B-tree node's bytes: the read-only [`Node`] view, the in-place edits the operations in
-//! `ops.rs` make on a shadowed node, and the checks a node read through a parent pointer must
+//! `mutate.rs` make on a shadowed node, and the checks a node read through a parent pointer must
 //! pass. Byte layout: docs/format.md, "B-tree nodes".
 //!
 //! Entries are kept sorted by key and packed at the front: keys from [`KEYS`], then `max`
@@ -55,6 +55,11 @@ impl<'a> Node<'a> {
     }
     pub fn child(&self, i: usize) -> BlockRef {
         decode_ref(self.value(i))
+    }
+    /// The values of every entry in use, packed (`nr * value_size` bytes).
+    pub fn values(&self) -> &'a [u8] {
+        let o = KEYS + self.max() * 8;
+        &self.0[o..o + self.nr() * self.value_size()]
     }
     /// Index of the entry with `key`, or where it would be inserted.
     ///
@@ -165,6 +170,18 @@ pub(super) fn remove_entry(buf: &mut [u8], i: usize) {
     let vo = KEYS + max * 8;
     buf.copy_within(vo + (i + 1) * vs..vo + n * vs, vo + i * vs);
     set_nr(buf, n - 1);
+}
+
+/// Replace every entry of a node with `keys` and their packed `values`.
+pub(super) fn set_entries(buf: &mut [u8], keys: &[u64], values: &[u8]) {
+    let (max, vs) = (Node(buf).max(), Node(buf).value_size());
+    debug_assert!(keys.len() <= max && values.len() == keys.len() * vs);
+    for (i, &k) in keys.iter().enumerate() {
+        put_u64(buf, KEYS + i * 8, k);
+    }
+    let vo = KEYS + max * 8;
+    buf[vo..vo + values.len()].copy_from_slice(values);
+    set_nr(buf, keys.len());
 }
 
 pub(super) fn set_value(buf: &mut [u8], i: usize, value: &[u8]) {

@@ -1,20 +1,14 @@
-//! The B-tree operations, written once against [`NodeStore`]: lookups and walks, insert with
-//! node splits, remove with collapse of single-child roots, and reference counting of whole
-//! trees and of the values they hold (module docs of `btree` for shadowing).
+//! The B-tree operations every [`NodeStore`] has, as one trait: the read side lives in
+//! `read.rs`, the write side (shadowing, splits, rebalancing, releasing) in `mutate.rs`,
+//! written once against the store (module docs of `btree` for shadowing).
 
-use super::node::{
-    check_node, init_node, insert_entry, remove_entry, set_key, set_nr, set_value, Node,
-};
-use super::{check_depth, NodeStore, TreeKind, ValueRefs};
-use crate::meta::block::{self, get_u64, BlockType};
+use super::mutate::{self, new_node};
+use super::node::check_node;
+use super::read;
+use super::{NodeStore, TreeKind, ValueRefs};
 use crate::meta::cache::Block;
-use crate::meta::journal::{decode_ref, encode_ref, BlockRef};
-use crate::meta::{MetaError, Result, BLOCK_SIZE};
-
-enum Outcome {
-    Done(BlockRef),
-    Split(BlockRef, u64, BlockRef),
-}
+use crate::meta::journal::{decode_ref, BlockRef};
+use crate::meta::Result;
 
 /// The tree operations every [`NodeStore`] has (the transaction manager is the one the pool
 /// uses; the unit tests below use it on a memory device).
@@ -53,35 +47,13 @@ pub trait Btree: NodeStore {
         key: u64,
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>> {
-        let mut r = root;
-        let mut depth = 0;
-        loop {
-            check_depth(depth, r.block)?;
-            depth += 1;
-            let n = Node(node_ref(self, r, kind)?);
-            if n.is_leaf() {
-                return Ok(n.search(key).ok().map(|i| f(n.value(i))));
-            }
-            if n.nr() == 0 {
-                return Ok(None);
-            }
-            r = n.child(n.child_index(key));
-        }
+        read::lookup_with(self, root, kind, key, f)
     }
 
     /// Levels above the leaves (0 for a tree that is one leaf), following the first child.
     /// Bounded: a path longer than 64 levels is damage.
     fn btree_height(&mut self, root: BlockRef, kind: TreeKind) -> Result<u64> {
-        let mut r = root;
-        for h in 0..64 {
-            let blk = self.read_node(r, kind)?;
-            let n = Node(&blk);
-            if n.is_leaf() || n.nr() == 0 {
-                return Ok(h);
-            }
-            r = n.child(0);
-        }
-        Err(MetaError::corrupt(root.block, "tree deeper than 64 levels"))
+        read::height(self, root, kind)
     }
 
     /// Look up a `u64` value and whether any node on its path is shared with another tree.
@@ -91,24 +63,7 @@ pub trait Btree: NodeStore {
         kind: TreeKind,
         key: u64,
     ) -> Result<Option<(u64, bool)>> {
-        let mut r = root;
-        let mut shared = false;
-        let mut depth = 0;
-        loop {
-            check_depth(depth, r.block)?;
-            depth += 1;
-            if !shared && self.ref_count(r.block)? > 1 {
-                shared = true;
-            }
-            let n = Node(node_ref(self, r, kind)?);
-            if n.is_leaf() {
-                return Ok(n.search(key).ok().map(|i| (get_u64(n.value(i), 0), shared)));
-            }
-            if n.nr() == 0 {
-                return Ok(None);
-            }
-            r = n.child(n.child_index(key));
-        }
+        read::lookup_shared(self, root, kind, key)
     }
 
     /// Visit every entry with `lo <= key < hi` in key order; the visitor returns false to stop.
@@ -122,7 +77,7 @@ pub trait Btree: NodeStore {
         hi: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<bool> {
-        walk_rec(self, root, kind, lo, hi, 0, &mut None, f)
+        read::walk_rec(self, root, kind, lo, hi, 0, &mut None, f)
     }
 
     /// Take one more reference on whatever a value points at.
@@ -153,7 +108,7 @@ pub trait Btree: NodeStore {
 
     /// Drop a reference on a tree; nodes (and values) that reach zero are released.
     fn btree_dec(&mut self, root: BlockRef, kind: TreeKind) -> Result<()> {
-        dec_rec(self, root, kind, 0)
+        mutate::dec_rec(self, root, kind, 0)
     }
 
     /// Insert or replace; returns the value that was replaced (its references are the
@@ -165,24 +120,7 @@ pub trait Btree: NodeStore {
         key: u64,
         value: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        debug_assert_eq!(value.len(), kind.value_size);
-        let mut old = None;
-        match insert_rec(self, *root, kind, key, value, 0, &mut old)? {
-            Outcome::Done(r) => *root = r,
-            Outcome::Split(l, k, r) => {
-                let lkey = {
-                    let blk = self.read_node(l, kind)?;
-                    Node(&blk).key(0)
-                };
-                let (nr, mut buf) = new_node(self, kind, false)?;
-                insert_entry(&mut buf, 0, lkey, &encode_ref(l));
-                insert_entry(&mut buf, 1, k, &encode_ref(r));
-                self.put_block(nr.block, buf)?;
-                self.note_shadowed(nr.block);
-                *root = nr;
-            }
-        }
-        Ok(old)
+        mutate::insert(self, root, kind, key, value)
     }
 
     /// Remove `key`; returns its value (whose references are the caller's to drop).
@@ -193,35 +131,7 @@ pub trait Btree: NodeStore {
         kind: TreeKind,
         key: u64,
     ) -> Result<Option<Vec<u8>>> {
-        if self.btree_lookup(*root, kind, key)?.is_none() {
-            return Ok(None);
-        }
-        let mut old = None;
-        let new_root = remove_rec(self, *root, kind, key, &mut old)?;
-        *root = new_root;
-        // Collapse internal roots with a single child (keeps every leaf at the same depth).
-        loop {
-            let blk = self.read_node(*root, kind)?;
-            let n = Node(&blk);
-            if n.is_leaf() || n.nr() != 1 {
-                break;
-            }
-            let child = n.child(0);
-            // `root` was shadowed by remove_rec: it has one reference, which moves to the child.
-            self.ref_delta(root.block, -1);
-            *root = child;
-        }
-        // An internal root that lost all children becomes an empty leaf.
-        let empty_internal = {
-            let blk = self.read_node(*root, kind)?;
-            let n = Node(&blk);
-            !n.is_leaf() && n.nr() == 0
-        };
-        if empty_internal {
-            self.ref_delta(root.block, -1);
-            *root = self.btree_empty(kind)?;
-        }
-        Ok(old)
+        mutate::remove(self, root, kind, key)
     }
 
     /// Count entries (and nodes) of a tree; used by tests and the checker.
@@ -236,265 +146,3 @@ pub trait Btree: NodeStore {
 }
 
 impl<S: NodeStore + ?Sized> Btree for S {}
-
-pub(super) fn new_node<S: NodeStore + ?Sized>(
-    s: &mut S,
-    kind: TreeKind,
-    leaf: bool,
-) -> Result<(BlockRef, Vec<u8>)> {
-    let b = s.alloc_block()?;
-    let mut buf = vec![0u8; BLOCK_SIZE];
-    block::init_header(&mut buf, BlockType::Node, b, s.generation(), &s.pool_uuid());
-    init_node(&mut buf, kind, leaf);
-    Ok((
-        BlockRef {
-            block: b,
-            gen: s.generation(),
-        },
-        buf,
-    ))
-}
-
-/// `read_node` borrowing the cached block (lookups visit nodes and keep none).
-fn node_ref<S: NodeStore + ?Sized>(s: &mut S, r: BlockRef, kind: TreeKind) -> Result<&[u8]> {
-    let blk = s.block_ref(r.block)?;
-    check_node(blk, r, kind)?;
-    Ok(blk)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn walk_rec<S: NodeStore + ?Sized>(
-    s: &mut S,
-    root: BlockRef,
-    kind: TreeKind,
-    lo: u64,
-    hi: u64,
-    depth: usize,
-    last: &mut Option<u64>,
-    f: &mut dyn FnMut(u64, &[u8]) -> bool,
-) -> Result<bool> {
-    check_depth(depth, root.block)?;
-    let blk = s.read_node(root, kind)?;
-    let n = Node(&blk);
-    if n.is_leaf() {
-        let start = match n.search(lo) {
-            Ok(i) | Err(i) => i,
-        };
-        for i in start..n.nr() {
-            let k = n.key(i);
-            if k >= hi {
-                return Ok(false);
-            }
-            if k < lo || last.is_some_and(|l| k <= l) {
-                return Err(MetaError::corrupt(
-                    root.block,
-                    format!("key {k} is out of order in its tree"),
-                ));
-            }
-            *last = Some(k);
-            if !f(k, n.value(i)) {
-                return Ok(false);
-            }
-        }
-        return Ok(true);
-    }
-    if n.nr() == 0 {
-        return Ok(true);
-    }
-    let first = n.child_index(lo);
-    for i in first..n.nr() {
-        if n.key(i) >= hi && i > first {
-            return Ok(false);
-        }
-        if !walk_rec(s, n.child(i), kind, lo, hi, depth + 1, last, f)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Shadow a node for writing (see the module docs).
-fn shadow_node<S: NodeStore + ?Sized>(s: &mut S, r: BlockRef, kind: TreeKind) -> Result<BlockRef> {
-    let count = s.ref_count(r.block)?;
-    if count == 1 && s.was_shadowed(r.block) {
-        return Ok(r);
-    }
-    let src = s.read_node(r, kind)?;
-    let new = s.alloc_block()?;
-    let mut buf = src.to_vec();
-    block::set_block_number(&mut buf, new);
-    block::set_generation(&mut buf, s.generation());
-    s.put_block(new, buf)?;
-    s.note_shadowed(new);
-    if count > 1 {
-        inc_children(s, &src, kind)?;
-    }
-    // The old block loses this reference; when it was the only one, the children moved
-    // to the copy, so nothing below is released.
-    s.ref_delta(r.block, -1);
-    Ok(BlockRef {
-        block: new,
-        gen: s.generation(),
-    })
-}
-
-fn inc_children<S: NodeStore + ?Sized>(s: &mut S, node: &[u8], kind: TreeKind) -> Result<()> {
-    let n = Node(node);
-    for i in 0..n.nr() {
-        if !n.is_leaf() {
-            s.ref_delta(n.child(i).block, 1);
-            continue;
-        }
-        s.inc_value(kind, n.value(i))?;
-    }
-    Ok(())
-}
-
-fn dec_rec<S: NodeStore + ?Sized>(
-    s: &mut S,
-    root: BlockRef,
-    kind: TreeKind,
-    depth: usize,
-) -> Result<()> {
-    check_depth(depth, root.block)?;
-    let count = s.ref_count(root.block)?;
-    if count == 0 {
-        return Err(MetaError::corrupt(
-            root.block,
-            "releasing a node that has no references",
-        ));
-    }
-    if count == 1 {
-        let blk = s.read_node(root, kind)?;
-        let n = Node(&blk);
-        for i in 0..n.nr() {
-            if n.is_leaf() {
-                s.dec_value(kind, n.value(i))?;
-            } else {
-                dec_rec(s, n.child(i), kind, depth + 1)?;
-            }
-        }
-    }
-    s.ref_delta(root.block, -1);
-    Ok(())
-}
-
-fn insert_rec<S: NodeStore + ?Sized>(
-    s: &mut S,
-    r: BlockRef,
-    kind: TreeKind,
-    key: u64,
-    value: &[u8],
-    depth: usize,
-    old: &mut Option<Vec<u8>>,
-) -> Result<Outcome> {
-    check_depth(depth, r.block)?;
-    let me = shadow_node(s, r, kind)?;
-    let buf = s.block_mut(me.block)?;
-    let n = Node(buf);
-    if n.is_leaf() {
-        match n.search(key) {
-            Ok(i) => {
-                *old = Some(n.value(i).to_vec());
-                set_value(buf, i, value);
-                Ok(Outcome::Done(me))
-            }
-            Err(i) => insert_or_split(s, me, kind, i, key, value),
-        }
-    } else {
-        let i = n.child_index(key);
-        if n.nr() > 0 && key < n.key(0) {
-            set_key(buf, 0, key);
-        }
-        let child = Node(buf).child(i);
-        match insert_rec(s, child, kind, key, value, depth + 1, old)? {
-            Outcome::Done(c) => {
-                let buf = s.block_mut(me.block)?;
-                set_value(buf, i, &encode_ref(c));
-                Ok(Outcome::Done(me))
-            }
-            Outcome::Split(l, k, rr) => {
-                let buf = s.block_mut(me.block)?;
-                set_value(buf, i, &encode_ref(l));
-                insert_or_split(s, me, kind, i + 1, k, &encode_ref(rr))
-            }
-        }
-    }
-}
-
-/// Insert entry `(key, value)` at position `i` of the (shadowed) node `me`, splitting it
-/// in two when it is full.
-fn insert_or_split<S: NodeStore + ?Sized>(
-    s: &mut S,
-    me: BlockRef,
-    kind: TreeKind,
-    i: usize,
-    key: u64,
-    value: &[u8],
-) -> Result<Outcome> {
-    let (nr, max, leaf) = {
-        let buf = s.block_mut(me.block)?;
-        let n = Node(buf);
-        (n.nr(), n.max(), n.is_leaf())
-    };
-    if nr < max {
-        let buf = s.block_mut(me.block)?;
-        insert_entry(buf, i, key, value);
-        return Ok(Outcome::Done(me));
-    }
-    let (rref, mut rbuf) = new_node(s, kind, leaf)?;
-    let half = nr / 2;
-    let lbuf = s.block_mut(me.block)?;
-    for j in half..nr {
-        let (k, v) = {
-            let n = Node(lbuf);
-            (n.key(j), n.value(j).to_vec())
-        };
-        insert_entry(&mut rbuf, j - half, k, &v);
-    }
-    set_nr(lbuf, half);
-    if i < half {
-        insert_entry(lbuf, i, key, value);
-    } else {
-        insert_entry(&mut rbuf, i - half, key, value);
-    }
-    let rkey = Node(&rbuf).key(0);
-    s.put_block(rref.block, rbuf)?;
-    s.note_shadowed(rref.block);
-    Ok(Outcome::Split(me, rkey, rref))
-}
-
-fn remove_rec<S: NodeStore + ?Sized>(
-    s: &mut S,
-    r: BlockRef,
-    kind: TreeKind,
-    key: u64,
-    old: &mut Option<Vec<u8>>,
-) -> Result<BlockRef> {
-    let me = shadow_node(s, r, kind)?;
-    let buf = s.block_mut(me.block)?;
-    let n = Node(buf);
-    if n.is_leaf() {
-        if let Ok(i) = n.search(key) {
-            *old = Some(n.value(i).to_vec());
-            remove_entry(buf, i);
-        }
-        return Ok(me);
-    }
-    let i = n.child_index(key);
-    let child = n.child(i);
-    let c = remove_rec(s, child, kind, key, old)?;
-    let child_empty = {
-        let blk = s.read_node(c, kind)?;
-        Node(&blk).nr() == 0
-    };
-    let buf = s.block_mut(me.block)?;
-    if child_empty {
-        remove_entry(buf, i);
-        // The emptied child was shadowed: a single reference, no children left.
-        s.ref_delta(c.block, -1);
-    } else {
-        set_value(buf, i, &encode_ref(c));
-    }
-    Ok(me)
-}

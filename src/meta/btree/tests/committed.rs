@@ -101,3 +101,54 @@ fn a_tree_removed_and_committed_gives_its_blocks_back() {
     let used2 = tm.meta_used().unwrap();
     assert!(used2 <= used0 + 2, "{used0} -> {used1} -> {used2}");
 }
+
+#[test]
+fn thinning_a_committed_tree_merges_its_leaves_and_gives_the_blocks_back() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (dev, mut tm, [mut a, b]) = mem_tm(2048, 64, 4);
+    let roots = |a, b| crate::meta::txn::UserRoots {
+        roots: [a, b],
+        counters: [0, 0],
+    };
+    let used0 = tm.meta_used().unwrap();
+    for k in 0..30_000u64 {
+        tm.btree_insert(&mut a, PLAIN, k, &v8(k)).unwrap();
+    }
+    tm.commit(roots(a, b)).unwrap();
+    let used1 = tm.meta_used().unwrap();
+    // Remove nine keys in ten, in random order, over three commits.
+    let mut gone: Vec<u64> = (0..30_000u64).filter(|k| k % 10 != 7).collect();
+    for i in (1..gone.len()).rev() {
+        gone.swap(i, rng.gen_range(0..=i));
+    }
+    for part in gone.chunks(gone.len() / 3 + 1) {
+        for &k in part {
+            tm.btree_remove(&mut a, PLAIN, k).unwrap().unwrap();
+        }
+        tm.commit(roots(a, b)).unwrap();
+    }
+    // One more commit: blocks freed by the last one leave the protected window.
+    tm.commit(roots(a, b)).unwrap();
+    let used2 = tm.meta_used().unwrap();
+    drop(tm);
+    let mut tm = reopen(&dev);
+    let [a2, _] = tm.user_state().roots;
+    let mut got = Vec::new();
+    tm.btree_walk(a2, PLAIN, 0, u64::MAX, &mut |k, v| {
+        got.push((k, get_u64(v, 0)));
+        true
+    })
+    .unwrap();
+    let want: Vec<(u64, u64)> = (0..30_000)
+        .filter(|k| k % 10 == 7)
+        .map(|k| (k, k))
+        .collect();
+    assert_eq!(got, want);
+    // 3,000 entries in leaves at least a third full (84 of 252): at most 36 leaves and a
+    // root, where the ~238 leaves of the full tree would all have stayed without merging.
+    let cap = node::capacity(PLAIN.value_size) as u64;
+    assert!(
+        used2 <= used0 + 3_000 / (cap / 3) + 1 + 2,
+        "{used0} -> {used1} -> {used2}"
+    );
+}
