@@ -280,12 +280,7 @@ fn metadata_fsync_error_is_fail_stop() {
     let meta: Arc<dyn BlockDev> = meta;
     let data: Arc<dyn BlockDev> = data;
     let mut p = Pool::open_on(meta, data, &OpenOptions::default()).unwrap();
-    let names: Vec<String> = p
-        .volumes()
-        .unwrap()
-        .into_iter()
-        .map(|(_, d)| d.name)
-        .collect();
+    let names = p.volume_names().unwrap();
     assert!(
         names.contains(&"v".to_string()),
         "acknowledged volume lost: {names:?}"

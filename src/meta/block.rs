@@ -12,7 +12,7 @@ pub const HEADER_SIZE: usize = 64;
 
 // Byte offsets of the header's fields (the layout above).
 const CRC: usize = 0;
-const TYPE: usize = 4;
+pub(crate) const TYPE: usize = 4;
 const NUMBER: usize = 8;
 const GENERATION: usize = 16;
 /// The pool UUID, `UUID..UUID + 16`.

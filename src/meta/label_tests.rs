@@ -49,55 +49,84 @@ fn each_kind_of_bad_label_has_its_own_error() {
     ));
     cases.push(("empty", Vec::new(), "shorter than one block"));
     let mut m = good.clone();
-    m[64..72].copy_from_slice(b"THINPOOX");
+    m[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(b"THINPOOX");
     cases.push(("wrong magic", m, "no thinpool magic"));
     cases.push(("zeros", vec![0u8; BLOCK_SIZE], "no thinpool magic"));
     let mut c = good.clone();
     c[3000] ^= 1;
     cases.push(("bad checksum", c, "checksum mismatch"));
-    cases.push((
-        "another block type",
-        resealed(|b| block::put_u32(b, 4, BlockType::Record as u32)),
-        "checksum mismatch",
-    ));
-    cases.push((
-        "wrong version",
-        resealed(|b| block::put_u32(b, 72, FORMAT_VERSION + 1)),
-        "format version 2 is not supported",
-    ));
     let mut v = good.clone();
-    block::put_u32(&mut v, 72, FORMAT_VERSION + 1);
+    block::put_u32(&mut v, VERSION, FORMAT_VERSION + 1);
     cases.push(("version changed without a reseal", v, "checksum mismatch"));
-    cases.push((
-        "metadata block size",
-        resealed(|b| block::put_u32(b, 76, 8192)),
-        "metadata block size",
-    ));
-    cases.push((
-        "data block size not a power of two",
-        resealed(|b| block::put_u64(b, 80, 12288)),
-        "data block size",
-    ));
-    cases.push((
-        "data block size too small",
-        resealed(|b| block::put_u64(b, 80, 2048)),
-        "data block size",
-    ));
-    cases.push((
-        "data block size too big",
-        resealed(|b| block::put_u64(b, 80, 1 << 31)),
-        "data block size",
-    ));
-    cases.push((
-        "no journal slots",
-        resealed(|b| block::put_u32(b, 88, 0)),
-        "journal ring size",
-    ));
-    cases.push((
-        "too many journal slots",
-        resealed(|b| block::put_u32(b, 88, 1025)),
-        "journal ring size",
-    ));
+    // One field set to a bad value in an otherwise valid, sealed label.
+    let fields: [(&str, usize, u64, bool, &str); 8] = [
+        (
+            "another block type",
+            block::TYPE,
+            BlockType::Record as u64,
+            false,
+            "checksum mismatch",
+        ),
+        (
+            "wrong version",
+            VERSION,
+            FORMAT_VERSION as u64 + 1,
+            false,
+            "format version 2 is not supported",
+        ),
+        (
+            "metadata block size",
+            META_BLOCK_SIZE,
+            8192,
+            false,
+            "metadata block size",
+        ),
+        (
+            "data block size not a power of two",
+            DATA_BLOCK_SIZE,
+            12288,
+            true,
+            "data block size",
+        ),
+        (
+            "data block size too small",
+            DATA_BLOCK_SIZE,
+            2048,
+            true,
+            "data block size",
+        ),
+        (
+            "data block size too big",
+            DATA_BLOCK_SIZE,
+            1 << 31,
+            true,
+            "data block size",
+        ),
+        (
+            "no journal slots",
+            RING_SLOTS,
+            0,
+            false,
+            "journal ring size",
+        ),
+        (
+            "too many journal slots",
+            RING_SLOTS,
+            1025,
+            false,
+            "journal ring size",
+        ),
+    ];
+    for (what, at, value, wide, want) in fields {
+        let buf = resealed(|b| {
+            if wide {
+                block::put_u64(b, at, value)
+            } else {
+                block::put_u32(b, at, value as u32)
+            }
+        });
+        cases.push((what, buf, want));
+    }
     let mut seen = std::collections::BTreeMap::new();
     for (what, buf, want) in cases {
         let why = reason(&buf);

@@ -244,14 +244,9 @@ impl Shared {
         let Ok(mut pool) = self.pool.lock() else {
             return Vec::new();
         };
-        match pool.volumes() {
-            Ok(v) => v
-                .into_iter()
-                .map(|(_, d)| d.name)
-                .filter(|n| self.allowed(n))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        let mut names = pool.volume_names().unwrap_or_default();
+        names.retain(|n| self.allowed(n));
+        names
     }
 
     /// Resolve an export name. The empty name means the only export, if there is one.

@@ -36,6 +36,11 @@ impl Pool {
         Ok(out)
     }
 
+    /// The names of every volume, in id order.
+    pub fn volume_names(&mut self) -> Result<Vec<String>> {
+        Ok(self.volumes()?.into_iter().map(|(_, d)| d.name).collect())
+    }
+
     /// Resolve a volume name.
     pub fn find(&mut self, name: &str) -> Result<(VolumeId, Details)> {
         let mut found = None;

@@ -253,10 +253,9 @@ fn read_all(p: &mut Pool, name: &str) -> Result<Vec<u8>, PoolError> {
 /// operation makes; every byte is a possible one.
 fn resolve(p: &mut Pool, m: &mut Model, after: Option<BTreeSet<String>>, what: &str) {
     let names: BTreeSet<String> = p
-        .volumes()
+        .volume_names()
         .unwrap_or_else(|e| panic!("{what}: listing fails without faults: {e}"))
         .into_iter()
-        .map(|(_, d)| d.name)
         .collect();
     if names != m.names() {
         assert_eq!(
@@ -293,12 +292,7 @@ fn verify_reopen(rig: &Rig, m: &mut Model, what: &str) -> Pool {
         rep.errors().map(|f| f.to_string()).collect::<Vec<_>>()
     );
     let mut p = rig.open();
-    let names: BTreeSet<String> = p
-        .volumes()
-        .unwrap()
-        .into_iter()
-        .map(|(_, d)| d.name)
-        .collect();
+    let names: BTreeSet<String> = p.volume_names().unwrap().into_iter().collect();
     assert!(
         m.committed_sets.contains(&names) || names == m.names(),
         "{what}: reopened with volumes {names:?}; the last commit held one of {:?}",

@@ -10,7 +10,8 @@
 //! `check` finds nothing, the pool opens, reads every volume, and a write, its read-back and
 //! a commit work and leave `check` clean.
 
-use super::{create_pool, mutate, once, open_options, overlays, pattern, read_block, reseal};
+use super::Images;
+use super::{mutate, once, open_options, overlays, pattern, read_block, reseal};
 use super::{sealed_as, OverlayDev, BS, META_CAP};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::{BTreeSet, HashSet};
@@ -65,35 +66,36 @@ pub fn fixture() -> &'static Fixture {
 }
 
 fn build_fixture() -> Fixture {
-    let (mut p, meta, data) = create_pool();
-    let a = p.create_volume("a", 384 * BS, false).unwrap();
-    for vb in (0..384u64).filter(|v| v % 5 != 0) {
-        p.write(a, vb * BS, &pattern(1, vb * BS, BS as usize))
-            .unwrap();
-    }
-    p.commit().unwrap();
-    p.snapshot("a", "snap", false).unwrap();
-    for vb in (7..300u64).step_by(15) {
-        p.write(a, vb * BS + 100, &pattern(2, vb * BS, 3000))
-            .unwrap();
-    }
-    let b = p.create_volume("b", 64 * BS, false).unwrap();
-    p.write(b, 5000, &pattern(3, 5000, 20000)).unwrap();
-    p.write(b, 60 * BS, &pattern(4, 0, BS as usize)).unwrap();
-    p.snapshot("b", "ro", true).unwrap();
-    p.write(b, 1000, &pattern(5, 0, 9000)).unwrap();
-    p.discard(a, 40 * BS + 10, 30 * BS).unwrap();
-    p.commit().unwrap();
-    p.create_volume("pad1", BS, false).unwrap();
-    p.create_volume("pad2", BS, false).unwrap();
     let mut expected = Vec::new();
-    for name in REAL_VOLS {
-        let (id, d) = p.find(name).unwrap();
-        let mut v = vec![0u8; d.size as usize];
-        p.read(id, 0, &mut v).unwrap();
-        expected.push((name.to_string(), v));
-    }
-    drop(p);
+    let images = Images::build(|p| {
+        let a = p.create_volume("a", 384 * BS, false).unwrap();
+        for vb in (0..384u64).filter(|v| v % 5 != 0) {
+            p.write(a, vb * BS, &pattern(1, vb * BS, BS as usize))
+                .unwrap();
+        }
+        p.commit().unwrap();
+        p.snapshot("a", "snap", false).unwrap();
+        for vb in (7..300u64).step_by(15) {
+            p.write(a, vb * BS + 100, &pattern(2, vb * BS, 3000))
+                .unwrap();
+        }
+        let b = p.create_volume("b", 64 * BS, false).unwrap();
+        p.write(b, 5000, &pattern(3, 5000, 20000)).unwrap();
+        p.write(b, 60 * BS, &pattern(4, 0, BS as usize)).unwrap();
+        p.snapshot("b", "ro", true).unwrap();
+        p.write(b, 1000, &pattern(5, 0, 9000)).unwrap();
+        p.discard(a, 40 * BS + 10, 30 * BS).unwrap();
+        p.commit().unwrap();
+        p.create_volume("pad1", BS, false).unwrap();
+        p.create_volume("pad2", BS, false).unwrap();
+        for name in REAL_VOLS {
+            let (id, d) = p.find(name).unwrap();
+            let mut v = vec![0u8; d.size as usize];
+            p.read(id, 0, &mut v).unwrap();
+            expected.push((name.to_string(), v));
+        }
+    });
+    let (meta, _) = images.overlays();
     let lbuf = read_block(meta.as_ref(), 0);
     let label = Label::decode(&lbuf).unwrap();
     let uuid = label.uuid;
@@ -136,10 +138,9 @@ fn build_fixture() -> Fixture {
         .collect();
     let mut live: HashSet<u64> = nodes.iter().chain(pages.iter()).copied().collect();
     live.insert(0);
-    let img = meta.image();
     Fixture {
-        meta: Arc::new(img),
-        data: Arc::new(data.image()),
+        meta: images.meta,
+        data: images.data,
         uuid,
         label,
         newest,

@@ -356,7 +356,7 @@ pub const DATA_CAP: u64 = 4 << 20;
 
 /// A new pool on empty in-memory devices with the fuzz geometry (64 cached blocks); the
 /// caller fills it and freezes the devices with [`OverlayDev::image`].
-pub fn create_pool() -> (Pool, Arc<OverlayDev>, Arc<OverlayDev>) {
+fn create_pool() -> (Pool, Arc<OverlayDev>, Arc<OverlayDev>) {
     let meta = Arc::new(OverlayDev::empty(META_CAP));
     let data = Arc::new(OverlayDev::empty(DATA_CAP));
     let mut o = CreateOptions::new(DATA_CAP);
@@ -365,6 +365,32 @@ pub fn create_pool() -> (Pool, Arc<OverlayDev>, Arc<OverlayDev>) {
     o.cache_blocks = 64;
     let p = Pool::create_on(meta.clone(), data.clone(), &o).unwrap();
     (p, meta, data)
+}
+
+/// A pool's frozen device images: what a fuzz target builds once per process and every case
+/// overlays with its own copy-on-write devices.
+pub struct Images {
+    pub meta: Arc<Vec<u8>>,
+    pub data: Arc<Vec<u8>>,
+}
+
+impl Images {
+    /// A new pool with the fuzz geometry, filled by `fill` (which commits what it wants
+    /// kept), closed and frozen.
+    pub fn build(fill: impl FnOnce(&mut Pool)) -> Images {
+        let (mut p, meta, data) = create_pool();
+        fill(&mut p);
+        drop(p);
+        Images {
+            meta: Arc::new(meta.image()),
+            data: Arc::new(data.image()),
+        }
+    }
+
+    /// Fresh copy-on-write devices over the images.
+    pub fn overlays(&self) -> (Arc<OverlayDev>, Arc<OverlayDev>) {
+        overlays(&self.meta, &self.data)
+    }
 }
 
 /// Copy-on-write devices over a frozen pool's images: each case writes to its own copies.

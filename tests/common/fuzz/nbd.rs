@@ -7,7 +7,7 @@
 //! refused (or refused with an error no rule gives), read data or a block-status extent
 //! that disagrees with what was written.
 
-use super::{create_pool, once, open_options, overlays, pattern, OverlayDev, BS};
+use super::{once, open_options, pattern, Images, OverlayDev, BS};
 use arbitrary::Unstructured;
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -18,35 +18,26 @@ use thinpool::pool::Pool;
 
 const EXPORTS: [(&str, u64, bool); 2] = [("v", 64 * BS + 512, false), ("r", 16 * BS, true)];
 
-struct Base {
-    meta: Arc<Vec<u8>>,
-    data: Arc<Vec<u8>>,
-}
+static BASE: OnceLock<Images> = OnceLock::new();
 
-static BASE: OnceLock<Base> = OnceLock::new();
-
-fn base() -> &'static Base {
+fn base() -> &'static Images {
     once(&BASE, || {
-        let (mut p, meta, data) = create_pool();
-        let v = p.create_volume("v", EXPORTS[0].1, false).unwrap();
-        p.write(v, 5000, &pattern(1, 5000, 30000)).unwrap();
-        p.write(v, 50 * BS, &pattern(2, 0, 3 * BS as usize))
-            .unwrap();
-        let r = p.create_volume("r", EXPORTS[1].1, false).unwrap();
-        p.write(r, 0, &pattern(3, 0, 10000)).unwrap();
-        p.set_read_only("r", true).unwrap();
-        p.commit().unwrap();
-        drop(p);
-        Base {
-            meta: Arc::new(meta.image()),
-            data: Arc::new(data.image()),
-        }
+        Images::build(|p| {
+            let v = p.create_volume("v", EXPORTS[0].1, false).unwrap();
+            p.write(v, 5000, &pattern(1, 5000, 30000)).unwrap();
+            p.write(v, 50 * BS, &pattern(2, 0, 3 * BS as usize))
+                .unwrap();
+            let r = p.create_volume("r", EXPORTS[1].1, false).unwrap();
+            p.write(r, 0, &pattern(3, 0, 10000)).unwrap();
+            p.set_read_only("r", true).unwrap();
+            p.commit().unwrap();
+        })
     })
 }
 
 fn new_server(read_only: bool) -> (NbdServer, Arc<OverlayDev>) {
     let b = base();
-    let (meta, data) = overlays(&b.meta, &b.data);
+    let (meta, data) = b.overlays();
     let p = Pool::open_on(meta.clone(), data, &open_options(false)).unwrap();
     (NbdServer::new(p, read_only), meta)
 }

@@ -7,7 +7,7 @@
 //! it applied; an import that fails must leave the pool's volumes as they were; a stream the
 //! reference finds well-formed and applicable must not be refused.
 
-use super::{create_pool, once, open_options, overlays, pattern, BS};
+use super::{once, open_options, pattern, Images, BS};
 use arbitrary::Unstructured;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
@@ -17,30 +17,21 @@ use thinpool::io::BlockDev;
 use thinpool::pool::details::validate_name;
 use thinpool::pool::{Pool, VolumeId};
 
-struct Base {
-    meta: Arc<Vec<u8>>,
-    data: Arc<Vec<u8>>,
-}
+static BASE: OnceLock<Images> = OnceLock::new();
 
-static BASE: OnceLock<Base> = OnceLock::new();
-
-fn base() -> &'static Base {
+fn base() -> &'static Images {
     once(&BASE, || {
-        let (mut p, meta, data) = create_pool();
-        let t = p.create_volume("t", 16 * BS, false).unwrap();
-        p.write(t, 3000, &pattern(1, 3000, 20000)).unwrap();
-        p.snapshot("t", "s1", true).unwrap();
-        p.write(t, 40000, &pattern(2, 40000, 9000)).unwrap();
-        let o2 = p.create_volume("other", 4 * BS, false).unwrap();
-        p.write(o2, 0, &pattern(3, 0, 5000)).unwrap();
-        p.snapshot("other", "s2", true).unwrap();
-        p.create_volume("ro", 4 * BS, true).unwrap();
-        p.commit().unwrap();
-        drop(p);
-        Base {
-            meta: Arc::new(meta.image()),
-            data: Arc::new(data.image()),
-        }
+        Images::build(|p| {
+            let t = p.create_volume("t", 16 * BS, false).unwrap();
+            p.write(t, 3000, &pattern(1, 3000, 20000)).unwrap();
+            p.snapshot("t", "s1", true).unwrap();
+            p.write(t, 40000, &pattern(2, 40000, 9000)).unwrap();
+            let o2 = p.create_volume("other", 4 * BS, false).unwrap();
+            p.write(o2, 0, &pattern(3, 0, 5000)).unwrap();
+            p.snapshot("other", "s2", true).unwrap();
+            p.create_volume("ro", 4 * BS, true).unwrap();
+            p.commit().unwrap();
+        })
     })
 }
 
@@ -391,7 +382,7 @@ fn reference(
 pub fn import_diff(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let b = base();
-    let (meta, dev) = overlays(&b.meta, &b.data);
+    let (meta, dev) = b.overlays();
     let mut p = Pool::open_on(meta.clone(), dev.clone(), &open_options(false)).unwrap();
     let target = match u.int_in_range(0..=15u8).unwrap_or(0) {
         0 => "other",
