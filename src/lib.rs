@@ -14,6 +14,7 @@ macro_rules! eprintln {
     }};
 }
 
+pub mod ceph;
 pub mod check;
 pub mod cli;
 pub mod crash;

@@ -209,3 +209,42 @@ fn outputs_never_overwrite_the_pools_own_files() {
     assert_eq!(tp.read("v", 0, 1 << 20), data);
     tp.check_clean();
 }
+
+#[test]
+fn a_guard_left_by_an_interrupted_import_is_not_dropped_silently() {
+    // What a `kill -9` during `import-diff` leaves: the guard snapshot of the target's
+    // old contents, and the target half-written. The next import used to remove the guard
+    // (the only copy of the old contents) and apply on top of the half-written volume.
+    let tp = TestPool::new("64M", "64K");
+    let stream = tp.put("diff", &diff_stream(&tp));
+    tp.run(&["create", "{}", "dst", "--size", "4M"]).ok();
+    let id = tp
+        .list()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "dst")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let guard = format!(".import-diff-guard-{id}");
+    tp.run(&["snapshot", "{}", "dst", &guard, "--read-only"])
+        .ok();
+    let half = tp.put("half", &pattern(5, 300_000));
+    tp.run(&["write", "{}", "dst", &half]).ok();
+    let before = (tp.list(), tp.run(&["export", "{}", "dst", "-"]).ok().stdout);
+    tp.run(&["import-diff", "{}", "dst", &stream, "--no-snapshot"])
+        .fails(1, "was interrupted");
+    unchanged(&tp, &before);
+    // Its advice works: roll back to the guard, remove it, import again.
+    tp.run(&["rollback", "{}", "dst", &guard]).ok();
+    tp.run(&["remove", "{}", &guard]).ok();
+    tp.run(&["import-diff", "{}", "dst", &stream, "--no-snapshot"])
+        .ok();
+    let got = tp.run(&["export", "{}", "dst", "-"]).ok().stdout;
+    let want = tp.run(&["export", "{}", "base", "-"]).ok().stdout;
+    assert!(
+        got == want,
+        "the import after recovery differs from its source"
+    );
+}

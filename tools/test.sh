@@ -19,13 +19,23 @@ want thin_check thin-provisioning-tools
 want jq jq
 want mkfs.ext4 e2fsprogs
 want rbd ceph-common   # rbd merge-diff reads our export-diff streams (Ceph's own parser)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
+# A single-node Ceph cluster for `thinpool sync` (tests/ceph_sync.rs, tools/ceph_single.sh),
+# installed without the recommended extras (ceph-mgr, ...), which it does not need.
+need_ceph=()
+for t in ceph-mon ceph-osd; do command -v $t >/dev/null 2>&1 || need_ceph+=("$t"); done
+if [ $((${#need_pkgs[@]} + ${#need_ceph[@]})) -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing: ${need_pkgs[*]}"
+    echo "installing: ${need_pkgs[*]} ${need_ceph[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    if [ ${#need_pkgs[@]} -gt 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    fi
+    if [ ${#need_ceph[@]} -gt 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${need_ceph[@]}" ceph-common >/dev/null
+    fi
   else
-    echo "missing tools (${need_pkgs[*]}) and cannot apt-get install them" >&2
+    echo "missing tools (${need_pkgs[*]} ${need_ceph[*]}) and cannot apt-get install them" >&2
     [ -n "${CI:-}" ] && exit 1
   fi
 fi

@@ -87,10 +87,10 @@ pub struct ImportDiffArgs {
 }
 
 /// A progress bar on stderr, or nothing.
-struct Bar(Option<indicatif::ProgressBar>);
+pub(super) struct Bar(Option<indicatif::ProgressBar>);
 
 impl Bar {
-    fn new(mode: Mode, json: bool, msg: &str) -> Bar {
+    pub(super) fn new(mode: Mode, json: bool, msg: &str) -> Bar {
         let show = mode == Mode::Local
             && !json
             && io::stdout().is_terminal()
@@ -109,7 +109,7 @@ impl Bar {
             pb
         }))
     }
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(pb) = &self.0 {
             pb.finish_and_clear();
         }

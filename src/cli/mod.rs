@@ -17,6 +17,7 @@ mod output;
 mod pool_cmds;
 mod serve_cmd;
 pub mod size;
+mod sync_cmd;
 mod volume_cmds;
 
 use crate::nbd;
@@ -35,6 +36,7 @@ pub use pool_cmds::{
     PoolCmd, PoolCreateArgs, PoolGrowArgs, PoolInfoArgs, PoolRewindArgs, PoolTrimArgs,
 };
 pub use serve_cmd::ServeArgs;
+pub use sync_cmd::SyncArgs;
 pub use volume_cmds::{
     CreateArgs, InfoArgs, ListArgs, RemoveArgs, RenameArgs, ResizeArgs, RollbackArgs, SnapshotArgs,
 };
@@ -112,6 +114,8 @@ pub enum Command {
     ExportDiff(ExportDiffArgs),
     /// Apply an rbd diff v1 stream to a volume
     ImportDiff(ImportDiffArgs),
+    /// Send a volume's new snapshot to a Ceph RBD image, or (--from) an image's snapshots back
+    Sync(SyncArgs),
     /// Write a pool's volumes and mappings as thin_dump XML or thinpool JSON
     Dump(DumpArgs),
     /// Build a new pool from a dump (thin_dump XML or thinpool JSON)
@@ -175,6 +179,7 @@ impl Command {
             Command::Diff(a) => &a.pool,
             Command::ExportDiff(a) => &a.pool,
             Command::ImportDiff(a) => &a.pool,
+            Command::Sync(a) => &a.pool,
             Command::Dump(a) => &a.pool,
         })
     }
@@ -243,6 +248,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::Diff(a) => export_cmds::diff(a, pool, out),
         Command::ExportDiff(a) => export_cmds::export_diff(a, pool, out, mode),
         Command::ImportDiff(a) => export_cmds::import_diff(a, pool, out, mode),
+        Command::Sync(a) => sync_cmd::sync(a, pool, out, mode),
         Command::Check(a) => check_cmds::check(a, pool, out),
         Command::Dump(a) => dmthin_cmds::dump(a, pool, out, mode),
         Command::Pool(PoolCmd::Create(_))
@@ -389,6 +395,9 @@ fn forwarded_argv(cmd: &Command, argv: &[String]) -> Result<Vec<String>> {
         return v;
     }
     if let Some(v) = dmthin_cmds::forwarded_argv(cmd, argv) {
+        return v;
+    }
+    if let Some(v) = sync_cmd::forwarded_argv(cmd, argv) {
         return v;
     }
     let (verb, pool, volume, offset, length, file) = match cmd {

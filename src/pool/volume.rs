@@ -210,55 +210,75 @@ impl Pool {
     /// Snapshot `src` as `new`: O(1) whatever the size (one more reference on the root).
     /// Every write done before this call is in the snapshot.
     pub fn snapshot(&mut self, src: &str, new: &str, read_only: bool) -> Result<VolumeId> {
+        self.atomically(|p| p.snapshot_in(src, new, read_only))
+    }
+
+    /// Remove volume `gone` and snapshot `src` as `new` in one transaction: `import_diff`
+    /// swaps its guard for the diff's end snapshot this way, so no crash leaves the import
+    /// done with neither (and `new` may reuse the guard's name).
+    pub(crate) fn replace_snapshot(
+        &mut self,
+        gone: &str,
+        src: &str,
+        new: &str,
+        read_only: bool,
+    ) -> Result<VolumeId> {
         self.atomically(|p| {
-            let (sid, sd) = p.find(src)?;
-            p.check_new_name(new)?;
-            let root = p.vol_root(sid)?;
-            p.tm.btree_inc(root);
-            let id = p.new_id()?;
-            p.set_vol_root(id, root)?;
-            p.bump_time()?;
-            // Both sides now share every mapping: neither may write one in place again.
-            let mut sd = sd;
-            sd.snap_time = p.time as u32;
-            p.put_details(sid, &sd)?;
-            let d = Details {
-                size: sd.size,
-                mapped: sd.mapped,
-                created: now(),
-                snap_time: p.time as u32,
-                read_only,
-                origin: Some(sid),
-                created_seq: p.tm.generation(),
-                name: new.to_string(),
-            };
-            p.put_details(id, &d)?;
-            Ok(id)
+            p.remove_in(gone)?;
+            p.snapshot_in(src, new, read_only)
         })
+    }
+
+    fn snapshot_in(&mut self, src: &str, new: &str, read_only: bool) -> Result<VolumeId> {
+        let (sid, sd) = self.find(src)?;
+        self.check_new_name(new)?;
+        let root = self.vol_root(sid)?;
+        self.tm.btree_inc(root);
+        let id = self.new_id()?;
+        self.set_vol_root(id, root)?;
+        self.bump_time()?;
+        // Both sides now share every mapping: neither may write one in place again.
+        let mut sd = sd;
+        sd.snap_time = self.time as u32;
+        self.put_details(sid, &sd)?;
+        let d = Details {
+            size: sd.size,
+            mapped: sd.mapped,
+            created: now(),
+            snap_time: self.time as u32,
+            read_only,
+            origin: Some(sid),
+            created_seq: self.tm.generation(),
+            name: new.to_string(),
+        };
+        self.put_details(id, &d)?;
+        Ok(id)
     }
 
     /// Remove a volume; blocks no other volume shares are freed.
     pub fn remove_volume(&mut self, name: &str) -> Result<()> {
-        self.atomically(|p| {
-            let (id, _) = p.find(name)?;
-            let mut top = p.top_root;
-            let old = p.tm.btree_remove(&mut top, DEV_ROOTS, id.0)?;
-            p.set_top_root(top);
-            if let Some(v) = old {
-                p.tm.dec_value(DEV_ROOTS, &v)?;
+        self.atomically(|p| p.remove_in(name))
+    }
+
+    fn remove_in(&mut self, name: &str) -> Result<()> {
+        let (id, _) = self.find(name)?;
+        let mut top = self.top_root;
+        let old = self.tm.btree_remove(&mut top, DEV_ROOTS, id.0)?;
+        self.set_top_root(top);
+        if let Some(v) = old {
+            self.tm.dec_value(DEV_ROOTS, &v)?;
+        }
+        let mut droot = self.details_root;
+        self.tm.btree_remove(&mut droot, DETAILS, id.0)?;
+        self.set_details_root(droot);
+        // Snapshots of the removed volume become independent volumes.
+        for (cid, mut cd) in self.volumes()? {
+            if cd.origin == Some(id) {
+                cd.origin = None;
+                self.put_details(cid, &cd)?;
             }
-            let mut droot = p.details_root;
-            p.tm.btree_remove(&mut droot, DETAILS, id.0)?;
-            p.set_details_root(droot);
-            // Snapshots of the removed volume become independent volumes.
-            for (cid, mut cd) in p.volumes()? {
-                if cd.origin == Some(id) {
-                    cd.origin = None;
-                    p.put_details(cid, &cd)?;
-                }
-            }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     pub fn rename(&mut self, old: &str, new: &str) -> Result<()> {

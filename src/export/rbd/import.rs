@@ -84,20 +84,29 @@ pub fn import_diff(
     if let Some(s) = rep.size {
         progress.set_total(s);
     }
-    // The pre-image, to roll back to on failure (O(1); a leftover from a crash is stale).
-    let guard = format!(".import-diff-guard-{vid}");
+    // The pre-image, to roll back to on failure (O(1)). One left behind means an import was
+    // interrupted (a crash, `kill -9`) with the volume perhaps half-written: that is the
+    // user's call, not something to drop silently.
+    let guard = guard_name(vid);
     if pool.find(&guard).is_ok() {
-        pool.remove_volume(&guard)?;
+        return Err(ExportError::InterruptedImport {
+            vol: vol.to_string(),
+            guard,
+        });
     }
     pool.snapshot(vol, &guard, true)?;
     let applied = apply(pool, vid, vol, &mut rd, first_data, &mut rep, progress)
         .and_then(|()| Ok(pool.commit()?));
     match applied {
         Ok(()) => {
-            pool.remove_volume(&guard)?;
-            if let Some(t) = take {
-                pool.snapshot(vol, &t, true)?;
-                rep.snapshot = Some(t);
+            // The guard goes and the end snapshot comes in one commit: a crash between two
+            // would leave the import applied but unmarked.
+            match take {
+                Some(t) => {
+                    pool.replace_snapshot(&guard, vol, &t, true)?;
+                    rep.snapshot = Some(t);
+                }
+                None => pool.remove_volume(&guard)?,
             }
             Ok(rep)
         }
@@ -118,6 +127,11 @@ pub fn import_diff(
             }
         }
     }
+}
+
+/// The snapshot `import_diff` keeps of volume `vid` while it applies a diff.
+pub fn guard_name(vid: VolumeId) -> String {
+    format!(".import-diff-guard-{vid}")
 }
 
 fn apply(

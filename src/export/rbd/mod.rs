@@ -23,7 +23,7 @@ mod import;
 mod stream;
 
 pub use export::{export_diff, ExportDiffStats};
-pub use import::{import_diff, ImportDiffOptions, ImportDiffReport};
+pub use import::{guard_name, import_diff, ImportDiffOptions, ImportDiffReport};
 pub use stream::{DiffReader, DiffWriter};
 
 /// The stream's first bytes.
