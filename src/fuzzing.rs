@@ -1,4 +1,4 @@
-//! Entry points for the fuzz targets (`tests/fuzz.rs` and the cargo-fuzz crate in `fuzz/`):
+//! Entry points for the fuzz targets (`tests/fuzz.rs` and the cargo-fuzz crate in `tools/fuzz/`):
 //! in-process access to the NBD server's negotiation and request execution, which are
 //! otherwise reachable only through a listening socket. Not a stable API.
 

@@ -1,6 +1,6 @@
 //! Seeded fuzzing in every CI run (issue 10): each target of `tests/common/fuzz` gets a
 //! fixed number of cases of random bytes from a seeded ChaCha generator, read through
-//! `arbitrary::Unstructured` (the same functions the cargo-fuzz targets in `fuzz/` call).
+//! `arbitrary::Unstructured` (the same functions the cargo-fuzz targets in `tools/fuzz/` call).
 //! Each test prints one line `fuzz: TARGET: N cases in T s (seed S)` straight to stderr,
 //! so it shows in the test log without `--nocapture`.
 //!

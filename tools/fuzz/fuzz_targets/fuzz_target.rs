@@ -4,7 +4,7 @@
 //! run fuzz_target`. See fuzz/README.md.
 #![no_main]
 
-#[path = "../../tests/common/fuzz/mod.rs"]
+#[path = "../../../tests/common/fuzz/mod.rs"]
 mod fuzz_harness;
 
 use std::sync::OnceLock;
