@@ -11,6 +11,7 @@
 mod check_cmds;
 mod demo;
 mod dmthin_cmds;
+mod docs_cmds;
 mod export_cmds;
 mod io_cmds;
 mod output;
@@ -134,6 +135,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Serve the pool's volumes over NBD (and accept commands on POOL/control.sock)
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(docs_cmds::CompletionsArgs),
+    /// Write the manual pages into a new directory (tools/man.sh)
+    #[command(hide = true)]
+    Manpages(docs_cmds::ManpagesArgs),
 }
 
 /// The server's control socket inside the pool directory (`nbd::control::SOCKET_NAME`).
@@ -158,6 +164,8 @@ impl Command {
             | Command::Repair(_)
             | Command::Demo(_)
             | Command::Serve(_)
+            | Command::Completions(_)
+            | Command::Manpages(_)
             | Command::Crashtest(_) => return None,
             Command::Check(a) => &a.pool,
             Command::Pool(PoolCmd::Info(a)) => &a.pool,
@@ -259,6 +267,8 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         | Command::Repair(_)
         | Command::Demo(_)
         | Command::Serve(_)
+        | Command::Completions(_)
+        | Command::Manpages(_)
         | Command::Crashtest(_) => {
             anyhow::bail!("this command cannot run on a pool that is already open")
         }
@@ -307,6 +317,8 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
         Command::Serve(a) => return serve_cmd::run(a, g.rewind, g.engine, out).map(|()| 0),
+        Command::Completions(a) => return docs_cmds::completions(a, out).map(|()| 0),
+        Command::Manpages(a) => return docs_cmds::manpages(a, out).map(|()| 0),
         _ => cmd.pool_dir().expect("every other command names a pool"),
     };
     if let Some(seq) = cmd.at_seq() {
