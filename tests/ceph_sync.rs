@@ -250,6 +250,17 @@ fn volumes_go_to_ceph_and_back_and_interrupted_syncs_repeat_cleanly() {
     thinpool(&["create", s(&p3), "k", "--size", "256M"]).ok();
     let p4 = t.join("p4");
     thinpool(&["pool", "create", s(&p4), "--size", "2G"]).ok();
+    // A push killed between creating its new image and labelling it leaves an unlabelled
+    // temporary image, known to be ours by its name: the next push removes it.
+    let uuid = thinpool(&["pool", "info", s(&p3), "--json"]).ok().json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k_id = thinpool(&["info", s(&p3), "k", "--json"]).ok().json()["id"]
+        .as_u64()
+        .unwrap();
+    let leftover = format!("rbd/kill.thinpool-new.{uuid}.{k_id}");
+    cl.rbd(&["create", "--size", "1M", &leftover]);
     // How long an uninterrupted push and pull took so far: kills land anywhere in them.
     let (mut push_took, mut pull_took) = (Duration::from_millis(500), Duration::from_millis(500));
     for round in 0..4 {
@@ -267,6 +278,8 @@ fn volumes_go_to_ceph_and_back_and_interrupted_syncs_repeat_cleanly() {
             &format!("round {round}: push"),
         );
         let newest = r["snapshots"][0].as_str().unwrap().to_string();
+        let images = String::from_utf8(cl.rbd(&["ls", "rbd"])).unwrap();
+        assert!(!images.contains("thinpool-new"), "{images}");
         assert!(
             cl.export("rbd/kill", &newest, t) == export(&p3, &newest, t),
             "round {round}: after an interrupted push, rbd's '{newest}' differs"

@@ -7,8 +7,10 @@
 //! interrupt anywhere (`kill -9` included) and to repeat:
 //! - `thinpool.source` = `POOL-UUID/VOLUME-ID`: the image was made by a push of that volume.
 //!   A push refuses an image without it (or with another), so it never writes over an
-//!   image it did not create. New images are made under a temporary name, labelled, then
-//!   renamed: an image is never visible without its label.
+//!   image it did not create. New images are made under a temporary name that holds the
+//!   source (`IMAGE.thinpool-new.UUID.ID`), labelled, then renamed: an image is never
+//!   visible under its name without its label, and a temporary one left by a killed push
+//!   is known to be ours by its name alone.
 //! - `thinpool.pending` = `created:SNAP` or `given:SNAP`: set before a diff is streamed,
 //!   removed once the image lists SNAP. Found set, it means the head may hold part of a diff
 //!   (`rbd import-diff` writes the head, then takes the snapshot): the next push rolls the
@@ -138,10 +140,17 @@ pub fn push(
         direction: "to-rbd",
         ..SyncReport::default()
     };
-    // A new image is made under this name first (see the module docs).
-    let tmp = img.sibling(format!("{}.thinpool-new", img.image));
+    // A new image is made under this name first (see the module docs). The name holds
+    // the source, so one found here was made by a push of this volume, perhaps killed
+    // before it could label it.
+    let tmp = img.sibling(format!(
+        "{}.thinpool-new.{}",
+        img.image,
+        source.replace('/', ".")
+    ));
     if rbd.exists(&tmp)? {
-        if rbd.meta(&tmp)?.get(SOURCE) != Some(&source) || !rbd.snaps(&tmp)?.is_empty() {
+        let label = rbd.meta(&tmp)?;
+        if label.get(SOURCE).is_some_and(|s| *s != source) || !rbd.snaps(&tmp)?.is_empty() {
             return Err(SyncError::InTheWay(tmp.to_string()));
         }
         rbd.remove(&tmp)?;
