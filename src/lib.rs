@@ -24,6 +24,7 @@ pub mod export;
 pub mod fuzzing;
 pub mod hash;
 pub mod io;
+pub mod logging;
 pub mod meta;
 pub mod nbd;
 pub mod pool;

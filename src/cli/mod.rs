@@ -60,6 +60,13 @@ pub struct Cli {
     /// auto
     #[arg(long, global = true, value_name = "ENGINE")]
     pub io_engine: Option<crate::io::Engine>,
+    /// More log lines on stderr (-v info, -vv debug, -vvv trace); $RUST_LOG, when set,
+    /// decides instead (e.g. RUST_LOG=debug or RUST_LOG=thinpool::nbd=debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Fewer log lines (-q errors only, -qq none)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
 }
 
 /// The options every command takes.
@@ -282,6 +289,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    init_logs(&cli);
     let argv: Vec<String> = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -301,6 +309,21 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Logs go to stderr: a server's at info (start, stop, connections), other commands' at warn;
+/// crashtest's at none, since the failures it injects would each log a fail-stop.
+fn init_logs(cli: &Cli) {
+    use tracing::level_filters::LevelFilter;
+    let (default, format) = match &cli.command {
+        Command::Serve(a) => (LevelFilter::INFO, a.log_format),
+        Command::Crashtest(_) => (LevelFilter::OFF, Default::default()),
+        _ => (LevelFilter::WARN, Default::default()),
+    };
+    crate::logging::init(
+        crate::logging::level(default, cli.verbose, cli.quiet),
+        format,
+    );
 }
 
 /// Run a parsed command in this process; returns the exit code.

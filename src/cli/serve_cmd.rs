@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// When the server is full, a connection idle this long is closed to admit a new one
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "TIME")]
     pub evict_idle: Duration,
+    /// Log lines as text or as one JSON object per line (levels: RUST_LOG, -v, -q; default
+    /// info: start, stop, one line per connection; -v adds one line per commit)
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 pub fn run(

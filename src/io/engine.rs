@@ -76,7 +76,7 @@ pub fn open_data_dev(
     let opened = open_with_probe(path, writable, direct, engine, uring::available())?;
     if let Some(note) = opened.note {
         if !SAID.swap(true, Ordering::Relaxed) {
-            eprintln!("thinpool: {note}");
+            tracing::warn!("{note}");
         }
     }
     Ok(opened.dev)

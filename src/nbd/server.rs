@@ -287,7 +287,7 @@ pub fn run(
     };
     let mut pool = Pool::open(&opts.pool_dir, &open).map_err(pool_err)?;
     if let Some(r) = pool.open_report().and_then(|r| r.rewound()) {
-        eprintln!("thinpool serve: rewound to seq {}: {r}", r.chosen);
+        tracing::warn!(seq = r.chosen, "rewound: {r}");
     }
     if pool.is_read_only() {
         return Err(io::Error::other(format!(
@@ -332,8 +332,10 @@ pub fn run(
     if let Some(t) = &tcp {
         what += &format!(" and tcp:{}", t.local_addr()?);
     }
-    eprintln!(
-        "thinpool serve: exporting {} on {what} (control: {})",
+    tracing::info!(
+        pool = %opts.pool_dir.display(),
+        commit_interval_ms = opts.commit_interval.as_millis() as u64,
+        "exporting {} on {what} (control: {})",
         if opts.exports.is_empty() {
             "all volumes".to_string()
         } else {
@@ -373,7 +375,7 @@ pub fn run(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    eprintln!("thinpool serve: accept on {}: {e}", nbd_path.display());
+                    tracing::warn!("accept on {}: {e}", nbd_path.display());
                     break;
                 }
             }
@@ -388,7 +390,7 @@ pub fn run(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        eprintln!("thinpool serve: accept on tcp: {e}");
+                        tracing::warn!("accept on tcp: {e}");
                         break;
                     }
                 }
@@ -408,7 +410,7 @@ pub fn run(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    eprintln!("thinpool serve: accept on control socket: {e}");
+                    tracing::warn!("accept on control socket: {e}");
                     break;
                 }
             }
@@ -438,7 +440,7 @@ pub fn run(
         )),
         r => r.map_err(pool_err),
     };
-    eprintln!("thinpool serve: stopped");
+    tracing::info!("stopped");
     res
 }
 
@@ -446,7 +448,7 @@ fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandl
     let (id, last) = match shared.admit(&s) {
         Ok(x) => x,
         Err(why) => {
-            eprintln!("thinpool serve: {why}");
+            tracing::warn!("{why}");
             return;
         }
     };
@@ -460,7 +462,7 @@ fn spawn_connection(shared: &Arc<Shared>, s: Stream, threads: &mut Vec<JoinHandl
     match spawned {
         Ok(h) => threads.push(h),
         Err(e) => {
-            eprintln!("thinpool serve: cannot start a connection thread: {e}");
+            tracing::error!("cannot start a connection thread: {e}");
             shared.forget(id);
         }
     }
@@ -489,10 +491,19 @@ fn connection_tracked(shared: &Arc<Shared>, mut s: Stream, last: &AtomicU64) {
         return;
     }
     let id = session.export.id;
+    let peer = s.peer();
+    tracing::info!(export = %session.export.name, %peer, "client attached");
+    let t0 = std::time::Instant::now();
     shared.attach(id);
     last.store(shared.now_ms(), Ordering::Relaxed);
     transmission::serve(shared, s, &session, last);
     shared.detach(id);
+    tracing::info!(
+        export = %session.export.name,
+        %peer,
+        secs = t0.elapsed().as_secs_f64(),
+        "client detached"
+    );
     crate::io::sys::trim_heap();
 }
 
@@ -510,7 +521,7 @@ fn commit_timer(shared: &Shared, every: Duration) {
                 return;
             }
             if !reported {
-                eprintln!("thinpool serve: periodic commit failed: {e}");
+                tracing::error!("periodic commit failed: {e}");
                 reported = true;
             }
         }

@@ -51,6 +51,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Who is at the other end, for logs: `unix` or the TCP peer address.
+    pub fn peer(&self) -> String {
+        match self {
+            Stream::Unix(_) => "unix".into(),
+            Stream::Tcp(t) => t
+                .peer_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
+        }
+    }
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
@@ -311,9 +320,9 @@ impl Shared {
             .max_by_key(|&(_, _, idle)| idle);
         match idle {
             Some((id, c, ms)) if ms >= self.evict_idle.as_millis() as u64 => {
-                eprintln!(
-                    "thinpool serve: closing connection {id}, idle for {:.1} s, to admit a new \
-                     one ({} connections)",
+                tracing::warn!(
+                    "closing connection {id}, idle for {:.1} s, to admit a new one ({} \
+                     connections)",
                     ms as f64 / 1000.0,
                     self.max_connections
                 );

@@ -361,16 +361,30 @@ impl Pool {
     /// Commit even when nothing changed (advances the protected states).
     pub(crate) fn force_commit(&mut self) -> Result<()> {
         self.tm.check_writable()?;
+        let t0 = std::time::Instant::now();
+        let data_synced = self.data_dirty;
         if self.data_dirty {
             self.sync_data()?;
         }
+        let data_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let dirty = self.tm.dirty_blocks();
         // Before the commit moves the protected window: what the last commit freed.
         let last_frees = if std::mem::take(&mut self.punch_last_frees) {
             self.tm.data_freed_by_last_commit()?
         } else {
             Vec::new()
         };
-        self.tm.commit(self.user_state().into())?;
+        let rec = self.tm.commit(self.user_state().into()).inspect_err(|e| {
+            tracing::error!("commit failed: {e}");
+        })?;
+        tracing::debug!(
+            seq = rec.seq,
+            metadata_blocks = dirty,
+            data_sync_in_commit = data_synced,
+            data_sync_ms = data_ms,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "commit"
+        );
         // Blocks freed in the previous transaction leave the protected window (S, S-1) with
         // this commit and nothing can have reused them yet: punch them now, so the data file
         // stays sparse without ever zeroing a block an older record still maps.

@@ -84,12 +84,14 @@ impl Tm {
     /// Stop accepting changes for good (an fsync failed: what is on disk is unknown).
     pub fn fail_stop(&mut self, why: String) {
         if self.failed.is_none() {
+            tracing::error!("fail-stop: the pool refuses every change from now on: {why}");
             self.failed = Some(why);
         }
     }
 
     fn fail(&mut self, e: MetaError) -> MetaError {
         if self.failed.is_none() {
+            tracing::error!("fail-stop: the pool refuses every change from now on: {e}");
             self.failed = Some(e.to_string());
         }
         e
