@@ -28,3 +28,4 @@ pub mod logging;
 pub mod meta;
 pub mod nbd;
 pub mod pool;
+pub mod progress;

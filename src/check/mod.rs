@@ -30,23 +30,40 @@ use crate::meta::label::Label;
 use crate::meta::txn::Tm;
 use crate::meta::BLOCK_SIZE;
 use crate::pool::details::Details;
+use crate::progress::{NoProgress, Progress};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Check a pool's metadata alone. `at_seq` checks an older record instead of the newest
 /// usable one.
 pub fn check(meta: Arc<dyn BlockDev>, at_seq: Option<u64>) -> Report {
-    check_inner(meta, None, at_seq)
+    check_inner(meta, None, at_seq, &NoProgress)
 }
 
 /// Check a pool's metadata and the length of its data device: a mapped block whose end lies
 /// past `data_len` is an error (the data file was truncated or replaced; it would read as
 /// zeros).
 pub fn check_with_data(meta: Arc<dyn BlockDev>, data_len: u64, at_seq: Option<u64>) -> Report {
-    check_inner(meta, Some(data_len), at_seq)
+    check_inner(meta, Some(data_len), at_seq, &NoProgress)
 }
 
-fn check_inner(meta: Arc<dyn BlockDev>, data_len: Option<u64>, at_seq: Option<u64>) -> Report {
+/// [`check_with_data`], reporting each metadata block read to `progress` (the total is the
+/// metadata blocks the record says are in use).
+pub fn check_with_progress(
+    meta: Arc<dyn BlockDev>,
+    data_len: Option<u64>,
+    at_seq: Option<u64>,
+    progress: &dyn Progress,
+) -> Report {
+    check_inner(meta, data_len, at_seq, progress)
+}
+
+fn check_inner(
+    meta: Arc<dyn BlockDev>,
+    data_len: Option<u64>,
+    at_seq: Option<u64>,
+    progress: &dyn Progress,
+) -> Report {
     let mut rep = Report::default();
     let (tm, open) = match Tm::open_at(meta.clone(), 256, true, at_seq) {
         Ok(x) => x,
@@ -60,6 +77,7 @@ fn check_inner(meta: Arc<dyn BlockDev>, data_len: Option<u64>, at_seq: Option<u6
     let rec = tm.last_record().clone();
     let label = tm.label().clone();
     drop(tm);
+    progress.set_total(rec.meta_allocated);
     let mut c = Checker {
         dev: meta,
         label,
@@ -71,6 +89,7 @@ fn check_inner(meta: Arc<dyn BlockDev>, data_len: Option<u64>, at_seq: Option<u6
         data_len,
         memo: HashMap::new(),
         rep,
+        progress,
     };
     c.run();
     c.rep
@@ -102,7 +121,7 @@ fn damaged_roots(rep: &mut Report, meta: Arc<dyn BlockDev>) {
 }
 
 /// One check in progress: the reference counts found so far and the findings.
-struct Checker {
+struct Checker<'p> {
     dev: Arc<dyn BlockDev>,
     label: Label,
     /// The newest valid commit (the one checked, unless `--seq` named an older one).
@@ -116,6 +135,8 @@ struct Checker {
     /// Entries below each visited node (for per-volume mapped counts of shared subtrees).
     memo: HashMap<u64, u64>,
     rep: Report,
+    /// Told of every block read (`Checker::read`).
+    progress: &'p dyn Progress,
 }
 
 /// Everything collected from the leaves of the trees that describe the pool itself.

@@ -12,7 +12,7 @@ use crate::pool::trees::{kind_by_id, MAPPING};
 /// `Checker::memo` value of a node whose subtree is being visited.
 const IN_PROGRESS: u64 = u64::MAX;
 
-impl Checker {
+impl Checker<'_> {
     pub(super) fn read(&self, b: MetaBlock, ty: BlockType) -> Result<Vec<u8>, MetaError> {
         if b.0 >= self.rec.meta_blocks {
             return Err(MetaError::corrupt(b, "pointer beyond the metadata device"));
@@ -22,6 +22,7 @@ impl Checker {
             .read_at(&mut buf, b.0 * BLOCK_SIZE as u64)
             .map_err(|e| MetaError::io("read", b, e))?;
         block::verify(&buf, Some(ty), b, &self.label.uuid)?;
+        self.progress.inc(1);
         Ok(buf)
     }
 

@@ -7,7 +7,7 @@ use crate::meta::block::{self, BlockType};
 use crate::meta::spacemap::{self, ENTRIES_PER_PAGE};
 use crate::meta::MetaBlock;
 
-impl Checker {
+impl Checker<'_> {
     pub(super) fn add_meta_ref(&mut self, b: MetaBlock) {
         if let Some(x) = self.meta_refs.get_mut(b.0 as usize) {
             *x += 1;

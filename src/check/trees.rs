@@ -12,7 +12,7 @@ use crate::meta::MetaBlock;
 use crate::pool::details::{Details, DETAILS};
 use crate::pool::trees::{unpack_mapping, DEV_ROOTS, MAPPING};
 
-impl Checker {
+impl Checker<'_> {
     /// Check everything the record names.
     pub(super) fn run(&mut self) {
         for b in 0..self.label.first_free_block().min(self.rec.meta_blocks) {

@@ -1,7 +1,9 @@
 //! `thinpool check` (the checker) and `thinpool crashtest` (crash injection).
 
+use super::export_cmds::Bar;
 use super::output::print_json;
 use super::size::parse_size;
+use super::Mode;
 use crate::check;
 use crate::crash::kill::{kill_child, run_kill, KillConfig};
 use crate::crash::{run, CrashConfig, CrashReport, FaultSet};
@@ -53,10 +55,14 @@ pub fn check_local(a: &CheckArgs, out: &mut dyn Write) -> Result<()> {
         );
     }
     let dpath = a.pool.join("data");
+    let bar = Bar::counting(Mode::Local, a.json, "check", "metadata blocks");
     let r = match FileDev::open(&dpath, false) {
-        Ok(d) => check::check_with_data(Arc::new(dev), crate::io::BlockDev::len(&d), a.seq),
+        Ok(d) => {
+            let len = crate::io::BlockDev::len(&d);
+            check::check_with_progress(Arc::new(dev), Some(len), a.seq, &bar)
+        }
         Err(e) => {
-            let mut r = check::check(Arc::new(dev), a.seq);
+            let mut r = check::check_with_progress(Arc::new(dev), None, a.seq, &bar);
             r.error(
                 "data",
                 None,
@@ -66,6 +72,7 @@ pub fn check_local(a: &CheckArgs, out: &mut dyn Write) -> Result<()> {
             r
         }
     };
+    bar.finish();
     report(a, r, out)
 }
 

@@ -91,6 +91,22 @@ pub(super) struct Bar(Option<indicatif::ProgressBar>);
 
 impl Bar {
     pub(super) fn new(mode: Mode, json: bool, msg: &str) -> Bar {
+        Bar::styled(
+            mode,
+            json,
+            msg,
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+    }
+
+    /// A bar counting `unit`s (the checker's metadata blocks) instead of bytes.
+    pub(super) fn counting(mode: Mode, json: bool, msg: &str, unit: &str) -> Bar {
+        let template =
+            format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}");
+        Bar::styled(mode, json, msg, &template)
+    }
+
+    fn styled(mode: Mode, json: bool, msg: &str, template: &str) -> Bar {
         let show = mode == Mode::Local
             && !json
             && io::stdout().is_terminal()
@@ -100,9 +116,7 @@ impl Bar {
                 None,
                 indicatif::ProgressDrawTarget::stderr(),
             );
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
                 pb.set_style(style.progress_chars("=> "));
             }
             pb.set_message(msg.to_string());

@@ -69,17 +69,7 @@ impl From<crate::meta::MetaError> for ExportError {
 
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 
-/// Progress of a long operation, in bytes. The CLI draws a bar; the library default is silent.
-pub trait Progress {
-    /// The amount of work, once known.
-    fn set_total(&self, _total: u64) {}
-    /// `n` more bytes done.
-    fn inc(&self, _n: u64) {}
-}
-
-/// No progress reporting.
-pub struct NoProgress;
-impl Progress for NoProgress {}
+pub use crate::progress::{NoProgress, Progress};
 
 /// True when every byte of `buf` is zero (64 bytes at a time, which the compiler vectorizes;
 /// no `unsafe` outside `io/`).

@@ -1,0 +1,66 @@
+//! Progress bars: drawn on a terminal (a pty from `script`), never with `--json` or when
+//! stdout or stderr is not a terminal.
+
+mod common;
+use common::tools::have_tools;
+use common::*;
+use std::process::Command;
+
+/// Run `thinpool ARGS` on a pty (util-linux `script`); everything it drew, as text.
+fn on_tty(args: &[&str]) -> String {
+    let line = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn check_and_export_draw_bars_on_a_terminal_only() {
+    if !have_tools(&["script"]) {
+        return;
+    }
+    let tp = TestPool::new("256M", "4K");
+    tp.run(&["create", "{}", "v", "--size", "16M"]).ok();
+    let f = tp.put("data", &pattern(1, 8 << 20));
+    tp.run(&["write", "{}", "v", &f]).ok();
+    let pool = tp.dir.to_str().unwrap().to_string();
+    let image = tp.tmp.path().join("v.img");
+    let img = image.to_str().unwrap();
+
+    let drawn = on_tty(&["check", &pool]);
+    assert!(
+        drawn.contains("check [") && drawn.contains("metadata blocks"),
+        "{drawn:?}"
+    );
+    assert!(
+        drawn.contains("no errors") || drawn.contains("clean"),
+        "{drawn:?}"
+    );
+    let drawn = on_tty(&["export", &pool, "v", img]);
+    assert!(
+        drawn.contains("export [") || drawn.contains("export v ["),
+        "{drawn:?}"
+    );
+    std::fs::remove_file(&image).unwrap();
+
+    // --json: the document only.
+    let drawn = on_tty(&["check", &pool, "--json"]);
+    assert!(!drawn.contains("check ["), "{drawn:?}");
+    let json: serde_json::Value = serde_json::from_str(drawn.trim()).unwrap();
+    assert_eq!(json["clean"], true);
+    // Pipes: nothing on stderr.
+    let out = tp.run(&["check", "{}"]).ok();
+    assert_eq!(out.stderr, "");
+    let out = tp.run(&["export", "{}", "v", img]).ok();
+    assert_eq!(out.stderr, "");
+}
