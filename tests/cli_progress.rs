@@ -1,5 +1,5 @@
-//! Progress bars: drawn on a terminal (a pty from `script`), never with `--json` or when
-//! stdout or stderr is not a terminal.
+//! Progress bars (check, export, dump, restore): drawn on a terminal (a pty from `script`),
+//! never with `--json` or when stdout or stderr is not a terminal.
 
 mod common;
 use common::tools::have_tools;
@@ -52,6 +52,15 @@ fn check_and_export_draw_bars_on_a_terminal_only() {
         "{drawn:?}"
     );
     std::fs::remove_file(&image).unwrap();
+    let xml = tp.tmp.path().join("pool.xml");
+    let x = xml.to_str().unwrap();
+    let drawn = on_tty(&["dump", &pool, "--output", x]);
+    assert!(drawn.contains("dump [") && drawn.contains("mappings"), "{drawn:?}");
+    let restored = tp.tmp.path().join("restored");
+    let drawn = on_tty(&["restore", restored.to_str().unwrap(), "--input", x]);
+    assert!(drawn.contains("restore [") && drawn.contains("mappings"), "{drawn:?}");
+    let out = tp.run(&["dump", "{}", "--output", x]).ok();
+    assert_eq!(out.stderr, "");
 
     // --json: the document only.
     let drawn = on_tty(&["check", &pool, "--json"]);

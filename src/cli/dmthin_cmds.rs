@@ -1,12 +1,14 @@
 //! `thinpool dump|restore|adopt`: a pool as thin_dump's XML or thinpool's JSON, a new pool
 //! from either, and a new pool from dm-thin's own metadata (a thin adapter over [`crate::dmthin`]; docs/dmthin.md).
 
+use super::export_cmds::Bar;
 use super::output::{create_output, print_json};
 use super::size::{format_size, parse_size};
 use super::Mode;
 use crate::dmthin::model::{DumpError, DumpSink};
 use crate::dmthin::{dm_meta, dump, json, restore, xml};
 use crate::pool::Pool;
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -413,14 +415,16 @@ pub fn dump(a: &DumpArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
             );
         }
         let mut w = BufWriter::with_capacity(1 << 20, out);
-        write_dump(pool, a.format, &mut w, "stdout")?;
+        // The dump itself is on stdout: no bar beside it.
+        write_dump(pool, a.format, &mut w, "stdout", &Bar::hidden())?;
         w.flush()?;
         return Ok(());
     };
     let f = create_output(pool, file)?;
     let what = file.display().to_string();
     let mut w = BufWriter::with_capacity(1 << 20, &f);
-    let stats = write_dump(pool, a.format, &mut w, &what)?;
+    let bar = Bar::counting(mode, false, "dump", "mappings");
+    let stats = write_dump(pool, a.format, &mut w, &what, &bar)?;
     w.flush().with_context(|| format!("cannot write {what}"))?;
     drop(w);
     f.sync_all()
@@ -442,11 +446,28 @@ fn write_dump(
     format: DumpFormat,
     w: &mut dyn Write,
     what: &str,
+    bar: &Bar,
 ) -> Result<dump::DumpStats> {
-    Ok(match format {
-        DumpFormat::Xml => dump::dump(pool, &mut xml::XmlWriter::new(w, what))?,
-        DumpFormat::Json => dump::dump(pool, &mut json::JsonWriter::new(w, what))?,
-    })
+    let stats = match format {
+        DumpFormat::Xml => dump::dump(
+            pool,
+            &mut Counted {
+                inner: &mut xml::XmlWriter::new(w, what),
+                bar,
+                total: 0,
+            },
+        ),
+        DumpFormat::Json => dump::dump(
+            pool,
+            &mut Counted {
+                inner: &mut json::JsonWriter::new(w, what),
+                bar,
+                total: 0,
+            },
+        ),
+    };
+    bar.finish();
+    Ok(stats?)
 }
 
 /// An input opened for reading, with its format.
@@ -496,6 +517,41 @@ fn first_char(r: &mut dyn BufRead) -> io::Result<Option<u8>> {
     }
 }
 
+/// A sink that passes everything on and counts the mappings on a progress bar (the total
+/// grows by each device's mapped blocks as it begins).
+struct Counted<'a> {
+    inner: &'a mut dyn DumpSink,
+    bar: &'a Bar,
+    total: u64,
+}
+
+impl DumpSink for Counted<'_> {
+    fn superblock(
+        &mut self,
+        sb: &crate::dmthin::model::PoolDump,
+    ) -> std::result::Result<(), DumpError> {
+        self.inner.superblock(sb)
+    }
+    fn device(
+        &mut self,
+        dev: &crate::dmthin::model::DeviceDump,
+    ) -> std::result::Result<(), DumpError> {
+        self.total += dev.mapped_blocks;
+        self.bar.set_total(self.total);
+        self.inner.device(dev)
+    }
+    fn run(&mut self, run: &crate::dmthin::model::Run) -> std::result::Result<(), DumpError> {
+        self.bar.inc(run.length);
+        self.inner.run(run)
+    }
+    fn end_device(&mut self) -> std::result::Result<(), DumpError> {
+        self.inner.end_device()
+    }
+    fn end(&mut self) -> std::result::Result<(), DumpError> {
+        self.inner.end()
+    }
+}
+
 fn read_dump(
     r: Box<dyn BufRead>,
     format: DumpFormat,
@@ -530,10 +586,17 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
         })?)
     };
     let (r, format) = open_input(&a.input, a.format)?;
+    let bar = Bar::counting(Mode::Local, a.build.json, "restore", "mappings");
     let done = restore::restore(&a.pool, &opts, survey, |sink| {
-        read_dump(r, format, &what, sink)
-    })
-    .with_context(|| format!("cannot restore {what} into {}", a.pool.display()))?;
+        let mut counted = Counted {
+            inner: sink,
+            bar: &bar,
+            total: 0,
+        };
+        read_dump(r, format, &what, &mut counted)
+    });
+    bar.finish();
+    let done = done.with_context(|| format!("cannot restore {what} into {}", a.pool.display()))?;
     report(
         out,
         a.build.json,

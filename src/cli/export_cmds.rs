@@ -106,6 +106,11 @@ impl Bar {
         Bar::styled(mode, json, msg, &template)
     }
 
+    /// No bar.
+    pub(super) fn hidden() -> Bar {
+        Bar(None)
+    }
+
     fn styled(mode: Mode, json: bool, msg: &str, template: &str) -> Bar {
         let show = mode == Mode::Local
             && !json
