@@ -55,10 +55,16 @@ fn check_and_export_draw_bars_on_a_terminal_only() {
     let xml = tp.tmp.path().join("pool.xml");
     let x = xml.to_str().unwrap();
     let drawn = on_tty(&["dump", &pool, "--output", x]);
-    assert!(drawn.contains("dump [") && drawn.contains("mappings"), "{drawn:?}");
+    assert!(
+        drawn.contains("dump [") && drawn.contains("mappings"),
+        "{drawn:?}"
+    );
     let restored = tp.tmp.path().join("restored");
     let drawn = on_tty(&["restore", restored.to_str().unwrap(), "--input", x]);
-    assert!(drawn.contains("restore [") && drawn.contains("mappings"), "{drawn:?}");
+    assert!(
+        drawn.contains("restore [") && drawn.contains("mappings"),
+        "{drawn:?}"
+    );
     let out = tp.run(&["dump", "{}", "--output", x]).ok();
     assert_eq!(out.stderr, "");
 

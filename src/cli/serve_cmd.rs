@@ -46,6 +46,27 @@ pub struct ServeArgs {
     /// info: start, stop, one line per connection; -v adds one line per commit)
     #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
     pub log_format: crate::logging::LogFormat,
+    /// Log a warning when data or metadata use reaches this share of capacity (e.g. 80%)
+    #[arg(long, value_parser = parse_percent, value_name = "PCT")]
+    pub warn_at: Option<u8>,
+    /// Grow the data capacity by --autoextend-by once its use reaches this share, or when a
+    /// write finds no free block, while the filesystem has room (like LVM's
+    /// thin_pool_autoextend_threshold)
+    #[arg(long, value_parser = parse_percent, value_name = "PCT")]
+    pub autoextend_at: Option<u8>,
+    /// How much each autoextend adds, as a share of the current capacity
+    #[arg(long, value_parser = parse_percent, value_name = "PCT", default_value = "20%",
+          requires = "autoextend_at")]
+    pub autoextend_by: u8,
+}
+
+/// `80%` or `80`: a whole percentage from 1 to 100.
+fn parse_percent(s: &str) -> std::result::Result<u8, String> {
+    let n = s.strip_suffix('%').unwrap_or(s);
+    match n.parse::<u8>() {
+        Ok(v) if (1..=100).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a percentage from 1% to 100%")),
+    }
 }
 
 pub fn run(
@@ -67,6 +88,11 @@ pub fn run(
         direct: a.direct,
         max_connections: a.max_connections,
         evict_idle: a.evict_idle,
+        low_space: crate::pool::LowSpace {
+            warn_at: a.warn_at,
+            extend_at: a.autoextend_at,
+            extend_by: a.autoextend_by,
+        },
     };
     nbd::serve(opts, Box::new(super::run_in_pool))
         .with_context(|| format!("cannot serve pool {}", a.pool.display()))

@@ -1,5 +1,5 @@
 //! The few operating-system calls std does not wrap, kept here so that every `unsafe` block of
-//! the crate lives in `io/` (docs/style.md, habit 5): `SEEK_DATA`/`SEEK_HOLE`, and
+//! the crate lives in `io/` (docs/style.md, habit 5): `SEEK_DATA`/`SEEK_HOLE`, `fstatvfs`, and
 //! SIGINT/SIGTERM handling for long-running commands.
 
 use std::fs::File;
@@ -25,6 +25,19 @@ pub fn seek_data_or_hole(f: &File, from: u64, data: bool) -> io::Result<Option<u
         return Err(e);
     }
     Ok(Some(r as u64))
+}
+
+/// Bytes an unprivileged writer may still allocate on the filesystem holding `f`
+/// (`fstatvfs`: available blocks × fragment size).
+pub fn fs_available(f: &File) -> io::Result<u64> {
+    // SAFETY: statvfs is plain old data; all zeros is a valid value of it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs writes only into the struct we pass; the fd stays open for the call.
+    let rc = unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Clear `O_NONBLOCK` on an open file (set only so that opening a FIFO could not block).

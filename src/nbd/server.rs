@@ -55,6 +55,8 @@ pub struct ServeOptions {
     /// longest is closed to admit a new one if it has been idle for `evict_idle` (30 s).
     pub max_connections: usize,
     pub evict_idle: Duration,
+    /// Low-space warnings and data autoextend (`pool::LowSpace`; default: none).
+    pub low_space: crate::pool::LowSpace,
 }
 
 impl ServeOptions {
@@ -73,6 +75,7 @@ impl ServeOptions {
             direct: false,
             max_connections: MAX_CONNECTIONS,
             evict_idle: EVICT_IDLE,
+            low_space: Default::default(),
         }
     }
 }
@@ -289,6 +292,7 @@ pub fn run(
     if let Some(r) = pool.open_report().and_then(|r| r.rewound()) {
         tracing::warn!(seq = r.chosen, "rewound: {r}");
     }
+    pool.set_low_space(opts.low_space);
     if pool.is_read_only() {
         return Err(io::Error::other(format!(
             "pool {} opened read-only; cannot serve it",
@@ -516,6 +520,12 @@ fn commit_timer(shared: &Shared, every: Duration) {
             continue;
         }
         last = Instant::now();
+        if let Err(e) = shared.pool().watch_space() {
+            if !reported {
+                tracing::error!("low-space check failed: {e}");
+                reported = true;
+            }
+        }
         if let Err(e) = shared.pool().periodic_commit() {
             if matches!(e, PoolError::Poisoned) {
                 return;

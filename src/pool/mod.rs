@@ -17,6 +17,7 @@ mod extents;
 mod open;
 mod shared;
 pub mod sizing;
+mod space;
 mod sync;
 pub mod trees;
 mod trim;
@@ -31,6 +32,7 @@ pub use volume::VolumeInfo;
 pub use details::Details;
 pub use error::{PoolError, Result};
 pub use shared::SharedPool;
+pub use space::LowSpace;
 #[doc(hidden)]
 pub use sync::SeededBug;
 
@@ -203,6 +205,8 @@ pub struct Pool {
     punch_last_frees: bool,
     /// Bytes of newly mapped blocks written since writeback was last started.
     unkicked: u64,
+    /// The low-space policy and its warnings (`space.rs`).
+    space: space::SpaceState,
 }
 
 /// The pool's part of every commit record, named: the transaction manager keeps it as two

@@ -194,6 +194,7 @@ impl Pool {
             punch_next: Vec::new(),
             punch_last_frees,
             unkicked: 0,
+            space: Default::default(),
             memo_vol: None,
             memo_root: None,
             extents: extents::Extents::default(),

@@ -355,6 +355,16 @@ impl SharedPool {
         Ok(before)
     }
 
+    /// The server's timer: the low-space warnings, and an autoextend (with every request
+    /// drained) once data use crossed its mark (`Pool::watch_space`).
+    pub fn watch_space(&self) -> Result<()> {
+        let grow = self.lock()?.watch_space()?;
+        if grow {
+            self.exclusive_synced()?.pool.autoextend()?;
+        }
+        Ok(())
+    }
+
     fn run_commit(&self) -> Result<()> {
         self.exclusive_synced()?.pool.commit()
     }

@@ -78,6 +78,13 @@ impl Pool {
     ) -> Result<T> {
         match f(self) {
             Err(e) if e.is_out_of_space() => {
+                // Out of data blocks with an autoextend policy: grow first, if it can.
+                if matches!(e, PoolError::Meta(MetaError::NoDataSpace)) && self.autoextend()? {
+                    match f(self) {
+                        Err(e) if e.is_out_of_space() => {}
+                        r => return r,
+                    }
+                }
                 self.force_commit()?;
                 self.force_commit()?;
                 f(self)
