@@ -36,9 +36,13 @@ fn trim_returns_space_nothing_maps_and_keeps_every_mapped_byte() {
     assert_eq!(j["unused_blocks"], 4096 - 320);
     assert_eq!(j["runs"], 1);
     assert_eq!(j["allocated_after"].as_u64().unwrap(), allocated(&dfile));
+    // The 30 MiB are given back. st_blocks also counts the filesystem's own extent-tree
+    // blocks, which the writes and punches may have added (ext4: one 4 KiB index block; CI
+    // saw mapped + 4096 once), hence a slack far below what trim must return.
+    const FS_SLACK: u64 = 64 << 10;
     assert!(
-        allocated(&dfile) <= mapped,
-        "{} > {mapped}",
+        allocated(&dfile) <= mapped + FS_SLACK,
+        "{} > {mapped} + {FS_SLACK}",
         allocated(&dfile)
     );
     assert_eq!(tp.read("v", 0, 20 << 20), data);
