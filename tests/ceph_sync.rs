@@ -446,3 +446,73 @@ fn run_killed(args: &[&str], delay: Duration) -> String {
     child.wait().unwrap();
     "killed".into()
 }
+
+/// The race CI saw: a `thinpool sync` killed while its `rbd` child ran left that child
+/// renaming or removing images under the repeated sync. The kernel must kill the child
+/// with thinpool. An `rbd` stand-in on PATH (this is about process lifetime, not Ceph)
+/// records its pid and waits; once thinpool is killed, the pid must be gone.
+#[test]
+fn an_rbd_child_dies_with_a_killed_sync() {
+    let pool = common::TestPool::new("64M", "64K");
+    pool.run(&["create", "{}", "v", "--size", "1M"]).ok();
+    let bin = tempfile::tempdir().unwrap();
+    let pidfile = bin.path().join("rbd.pid");
+    let fake = bin.path().join("rbd");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho $$ > {}.tmp\nmv {0}.tmp {0}\nexec sleep 60\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(BIN)
+        .args(["sync", pool.p(), "v", "rbd:rbd/img"])
+        .env("PATH", path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let pid: i32 = loop {
+        if let Ok(t) = std::fs::read_to_string(&pidfile) {
+            break t.trim().parse().unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stand-in rbd never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sync ended before running rbd"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let t1 = Instant::now();
+    // Gone, or a zombie waiting for init to reap it.
+    let alive = || {
+        std::fs::read_to_string(proc.join("stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() && t1.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let still = alive();
+    if still {
+        // Do not leave it behind.
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(!still, "rbd (pid {pid}) outlived the killed sync by 5 s");
+}

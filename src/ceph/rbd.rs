@@ -99,6 +99,8 @@ impl Rbd {
             c.arg("--conf").arg(conf);
         }
         c.args(args).stdin(Stdio::null());
+        // A killed sync must not leave an rbd running that races the repeated one.
+        crate::io::sys::die_with_parent(&mut c);
         c
     }
 
@@ -146,26 +148,27 @@ impl Rbd {
         })
     }
 
-    /// Does the image exist?
-    pub fn exists(&self, img: &ImageSpec) -> Result<bool> {
-        let s = img.to_string();
-        Ok(self.run(&["info", "--format", "json", &s])?.is_some())
-    }
-
-    /// The image's snapshots, oldest first.
-    pub fn snaps(&self, img: &ImageSpec) -> Result<Vec<RbdSnap>> {
+    /// The image's snapshots, oldest first; `None` when there is no such image.
+    pub fn snaps(&self, img: &ImageSpec) -> Result<Option<Vec<RbdSnap>>> {
         let s = img.to_string();
         let args = ["snap", "ls", "--format", "json", &s];
-        let mut v: Vec<RbdSnap> = Self::json(&args, &self.run_ok(&args)?)?;
+        let Some(out) = self.run(&args)? else {
+            return Ok(None);
+        };
+        let mut v: Vec<RbdSnap> = Self::json(&args, &out)?;
         v.sort_by_key(|x| x.id);
-        Ok(v)
+        Ok(Some(v))
     }
 
-    /// The image's key/value metadata (`rbd image-meta`).
-    pub fn meta(&self, img: &ImageSpec) -> Result<BTreeMap<String, String>> {
+    /// The image's key/value metadata (`rbd image-meta`); `None` when there is no such
+    /// image. One call answers both, so an image cannot vanish between the two questions.
+    pub fn meta(&self, img: &ImageSpec) -> Result<Option<BTreeMap<String, String>>> {
         let s = img.to_string();
         let args = ["image-meta", "list", "--format", "json", &s];
-        Self::json(&args, &self.run_ok(&args)?)
+        match self.run(&args)? {
+            None => Ok(None),
+            Some(out) => Self::json(&args, &out).map(Some),
+        }
     }
 
     pub fn meta_set(&self, img: &ImageSpec, key: &str, value: &str) -> Result<()> {
@@ -193,10 +196,10 @@ impl Rbd {
         self.run_ok(&["rename", &f, &t]).map(drop)
     }
 
-    /// Remove an image that has no snapshots.
+    /// Remove an image that has no snapshots; one that is not there is no error.
     pub fn remove(&self, img: &ImageSpec) -> Result<()> {
         let s = img.to_string();
-        self.run_ok(&["rm", "--no-progress", &s]).map(drop)
+        self.run(&["rm", "--no-progress", &s]).map(drop)
     }
 
     /// Roll the image's head back to snapshot `snap`.

@@ -148,20 +148,20 @@ pub fn push(
         img.image,
         source.replace('/', ".")
     ));
-    if rbd.exists(&tmp)? {
-        let label = rbd.meta(&tmp)?;
-        if label.get(SOURCE).is_some_and(|s| *s != source) || !rbd.snaps(&tmp)?.is_empty() {
+    if let Some(label) = rbd.meta(&tmp)? {
+        let foreign = label.get(SOURCE).is_some_and(|s| *s != source);
+        if foreign || rbd.snaps(&tmp)?.is_some_and(|v| !v.is_empty()) {
             return Err(SyncError::InTheWay(tmp.to_string()));
         }
         rbd.remove(&tmp)?;
         rep.recovered
             .push(format!("removed {tmp}, left by an interrupted first sync"));
     }
-    let mut exists = rbd.exists(img)?;
+    let found = rbd.meta(img)?;
+    let mut exists = found.is_some();
     let mut snaps = Vec::new();
     let mut ours = snapshots_of(pool, vid)?;
-    if exists {
-        let meta = rbd.meta(img)?;
+    if let Some(meta) = found {
         match meta.get(SOURCE) {
             Some(s) if *s == source => {}
             found => {
@@ -172,8 +172,12 @@ pub fn push(
                 })
             }
         }
-        snaps = rbd.snaps(img)?;
-        if let Some(p) = meta.get(PENDING) {
+        // Gone since the last question: the rbd rm of a killed push, already on its way
+        // to the cluster when the push died, went through after all.
+        let listed = rbd.snaps(img)?;
+        exists = listed.is_some();
+        snaps = listed.unwrap_or_default();
+        if let (true, Some(p)) = (exists, meta.get(PENDING)) {
             exists = recover_push(pool, rbd, img, p, &snaps, &mut ours, &mut rep)?;
         }
         if exists && newest_common(&snaps, &ours).is_none() {
@@ -265,14 +269,15 @@ pub fn push(
         Ok(s) => s,
         Err(e) => {
             // Undo now what the next push would (the image head, the new snapshot).
-            let snaps = rbd.snaps(img).unwrap_or_default();
+            let snaps = rbd.snaps(img).ok().flatten().unwrap_or_default();
             let mut ignored = SyncReport::default();
             let _ = recover_push(pool, rbd, img, &mark, &snaps, &mut ours, &mut ignored);
             return Err(e);
         }
     };
     // Confirmed only when the image lists the snapshot.
-    if !rbd.snaps(img)?.iter().any(|s| s.name == name) {
+    let now = rbd.snaps(img)?.ok_or_else(|| vanished(img))?;
+    if !now.iter().any(|s| s.name == name) {
         return Err(SyncError::Unconfirmed {
             image: img.to_string(),
             snap: name,
@@ -283,6 +288,10 @@ pub fn push(
     rep.data_bytes = stats.data_bytes;
     rep.zero_bytes = stats.zero_bytes;
     Ok(rep)
+}
+
+fn vanished(img: &ImageSpec) -> SyncError {
+    SyncError::Vanished(img.to_string())
 }
 
 /// Undo what an interrupted push left (module docs); returns whether the image still
@@ -351,10 +360,9 @@ pub fn pull(
         direction: "from-rbd",
         ..SyncReport::default()
     };
-    if !rbd.exists(img)? {
-        return Err(SyncError::NoImage(img.to_string()));
-    }
-    let snaps = rbd.snaps(img)?;
+    let snaps = rbd
+        .snaps(img)?
+        .ok_or_else(|| SyncError::NoImage(img.to_string()))?;
     let Some(first) = snaps.first() else {
         return Err(SyncError::NoSnapshots(img.to_string()));
     };

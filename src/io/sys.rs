@@ -1,10 +1,13 @@
 //! The few operating-system calls std does not wrap, kept here so that every `unsafe` block of
 //! the crate lives in `io/` (docs/style.md, habit 5): `SEEK_DATA`/`SEEK_HOLE`, `fstatvfs`, and
-//! SIGINT/SIGTERM handling for long-running commands.
+//! SIGINT/SIGTERM handling for long-running commands, and child processes that die with
+//! thinpool.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) starts at or after `from`;
@@ -111,4 +114,26 @@ pub fn install_stop_signals() -> io::Result<()> {
 /// True once SIGINT or SIGTERM arrived (after [`install_stop_signals`]).
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
+}
+
+/// Have the kernel kill (SIGKILL) the process `cmd` starts when the thread that starts it
+/// ends, as it does when thinpool itself is killed: a helper such as `rbd` must never go on
+/// changing what a repeated command is about to look at. Spawn from a thread that waits
+/// for the child.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the signal will never come.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
 }
