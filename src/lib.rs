@@ -23,6 +23,7 @@ pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hash;
+pub mod histogram;
 pub mod io;
 pub mod logging;
 pub mod meta;

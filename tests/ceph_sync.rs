@@ -56,7 +56,11 @@ impl Cluster {
     }
 
     fn rbd(&self, args: &[&str]) -> Vec<u8> {
-        let out = Command::new("rbd")
+        self.tool("rbd", args)
+    }
+
+    fn tool(&self, bin: &str, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(bin)
             .arg("--conf")
             .arg(&self.conf)
             .args(args)
@@ -64,7 +68,7 @@ impl Cluster {
             .unwrap();
         assert!(
             out.status.success(),
-            "rbd {args:?}: {}",
+            "{bin} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
@@ -261,6 +265,33 @@ fn volumes_go_to_ceph_and_back_and_interrupted_syncs_repeat_cleanly() {
         .unwrap();
     let leftover = format!("rbd/kill.thinpool-new.{uuid}.{k_id}");
     cl.rbd(&["create", "--size", "1M", &leftover]);
+    // What CI saw: an `rbd rm` killed half-way leaves the name listed by `rbd ls` but
+    // unopenable (made here as such a kill leaves it, with rados: header and id objects
+    // gone, the directory entry kept). A push before the fix created its new image beside
+    // it and left that name behind; now it completes the removal.
+    thinpool(&["create", s(&p3), "d", "--size", "1M"]).ok();
+    write(&p3, "d", 4096, b"d's data", t);
+    let d_id = thinpool(&["info", s(&p3), "d", "--json"]).ok().json()["id"]
+        .as_u64()
+        .unwrap();
+    let half = format!("d.thinpool-new.{uuid}.{d_id}");
+    cl.rbd(&["create", "--size", "1M", &format!("rbd/{half}")]);
+    let info: Value =
+        serde_json::from_slice(&cl.rbd(&["info", "--format", "json", &format!("rbd/{half}")]))
+            .unwrap();
+    let header = format!("rbd_header.{}", info["id"].as_str().unwrap());
+    cl.tool("rados", &["-p", "rbd", "rm", &header]);
+    cl.tool("rados", &["-p", "rbd", "rm", &format!("rbd_id.{half}")]);
+    let listed = String::from_utf8(cl.rbd(&["ls", "rbd"])).unwrap();
+    assert!(listed.lines().any(|l| l == half), "{listed}");
+    let mut args = vec![s(&p3), "d", "rbd:rbd/d"];
+    args.extend(conf);
+    let r = sync_json(&args);
+    assert_eq!(r["recovered"].as_array().unwrap().len(), 1, "{r}");
+    let listed = String::from_utf8(cl.rbd(&["ls", "rbd"])).unwrap();
+    assert!(!listed.contains("d.thinpool-new"), "{listed}");
+    let snap = r["snapshots"][0].as_str().unwrap();
+    assert!(cl.export("rbd/d", snap, t) == export(&p3, snap, t));
     // How long an uninterrupted push and pull took so far: kills land anywhere in them.
     let (mut push_took, mut pull_took) = (Duration::from_millis(500), Duration::from_millis(500));
     for round in 0..4 {
@@ -448,21 +479,25 @@ fn run_killed(args: &[&str], delay: Duration) -> String {
 }
 
 /// The race CI saw: a `thinpool sync` killed while its `rbd` child ran left that child
-/// renaming or removing images under the repeated sync. The kernel must kill the child
-/// with thinpool. An `rbd` stand-in on PATH (this is about process lifetime, not Ceph)
-/// records its pid and waits; once thinpool is killed, the pid must be gone.
+/// renaming or removing images under the repeated sync. The child now keeps the pool
+/// locked until it exits, and a repeated sync waits for it. An `rbd` stand-in on PATH (this
+/// is about process lifetime and locks, not Ceph) records its pid and takes 3 s; once
+/// thinpool is killed, the pool must stay locked until the stand-in is done.
 #[test]
-fn an_rbd_child_dies_with_a_killed_sync() {
+fn a_killed_syncs_rbd_child_keeps_the_pool_locked_until_it_exits() {
     let pool = common::TestPool::new("64M", "64K");
     pool.run(&["create", "{}", "v", "--size", "1M"]).ok();
     let bin = tempfile::tempdir().unwrap();
     let pidfile = bin.path().join("rbd.pid");
+    let go = bin.path().join("go");
     let fake = bin.path().join("rbd");
     std::fs::write(
         &fake,
         format!(
-            "#!/bin/sh\necho $$ > {}.tmp\nmv {0}.tmp {0}\nexec sleep 60\n",
-            pidfile.display()
+            "#!/bin/sh\nif [ -e {go} ]; then echo 'fake rbd: no cluster' >&2; exit 1; fi\n\
+             echo $$ > {pid}.tmp\nmv {pid}.tmp {pid}\nsleep 3\nexit 1\n",
+            go = go.display(),
+            pid = pidfile.display()
         ),
     )
     .unwrap();
@@ -472,18 +507,19 @@ fn an_rbd_child_dies_with_a_killed_sync() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new(BIN)
-        .args(["sync", pool.p(), "v", "rbd:rbd/img"])
-        .env("PATH", path)
+    let sync = |path: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["sync", pool.p(), "v", "rbd:rbd/img"])
+            .env("PATH", path);
+        c
+    };
+    let mut child = sync(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let pid: i32 = loop {
-        if let Ok(t) = std::fs::read_to_string(&pidfile) {
-            break t.trim().parse().unwrap();
-        }
+    while !pidfile.exists() {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the stand-in rbd never started"
@@ -493,26 +529,22 @@ fn an_rbd_child_dies_with_a_killed_sync() {
             "sync ended before running rbd"
         );
         std::thread::sleep(Duration::from_millis(5));
-    };
+    }
     child.kill().unwrap();
     child.wait().unwrap();
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let t1 = Instant::now();
-    // Gone, or a zombie waiting for init to reap it.
-    let alive = || {
-        std::fs::read_to_string(proc.join("stat")).is_ok_and(|st| {
-            st.rsplit(')')
-                .next()
-                .is_some_and(|r| !r.trim_start().starts_with('Z'))
-        })
-    };
-    while alive() && t1.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let still = alive();
-    if still {
-        // Do not leave it behind.
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-    assert!(!still, "rbd (pid {pid}) outlived the killed sync by 5 s");
+    let started = Instant::now();
+    // thinpool is gone; its rbd is not, and holds the pool.
+    pool.run(&["list", "{}"]).fails(1, "is in use");
+    // A repeated sync waits for it, then runs (the stand-in now fails at once).
+    std::fs::write(&go, b"").unwrap();
+    let out = sync(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("fake rbd: no cluster"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the repeated sync did not wait for the killed one's rbd: {:?}",
+        started.elapsed()
+    );
+    pool.run(&["list", "{}"]).ok();
 }

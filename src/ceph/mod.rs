@@ -52,6 +52,8 @@ pub enum SyncError {
     Unconfirmed { image: String, snap: String },
     #[error("no RBD image {0}")]
     NoImage(String),
+    #[error("image {0} is listed by `rbd ls` but does not open: an `rbd rm` of it was interrupted; `rbd rm {0}` completes the removal, then sync again")]
+    HalfRemoved(String),
     #[error("image {0} vanished while thinpool synced to it: another sync or an rbd command removed or renamed it; nothing is recorded as synced")]
     Vanished(String),
     #[error(

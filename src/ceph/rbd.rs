@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
+use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -81,6 +82,11 @@ pub struct RbdSnap {
 pub struct Rbd {
     pub bin: OsString,
     pub conf: Option<PathBuf>,
+    /// Descriptors every `rbd` child inherits: the pool's locks ([`Pool::lock_fds`]), so
+    /// the pool stays locked until the last child of a killed sync has exited.
+    ///
+    /// [`Pool::lock_fds`]: crate::pool::Pool::lock_fds
+    pub inherit: Vec<RawFd>,
 }
 
 impl Default for Rbd {
@@ -88,6 +94,7 @@ impl Default for Rbd {
         Rbd {
             bin: "rbd".into(),
             conf: None,
+            inherit: Vec::new(),
         }
     }
 }
@@ -99,8 +106,9 @@ impl Rbd {
             c.arg("--conf").arg(conf);
         }
         c.args(args).stdin(Stdio::null());
-        // A killed sync must not leave an rbd running that races the repeated one.
-        crate::io::sys::die_with_parent(&mut c);
+        // A killed sync's rbd finishes what it was doing, and the pool stays locked (the
+        // repeated sync waits) until it has.
+        crate::io::sys::inherit_fds(&mut c, self.inherit.clone());
         c
     }
 
@@ -146,6 +154,13 @@ impl Rbd {
             command: format!("rbd {}", args.join(" ")),
             why: e.to_string(),
         })
+    }
+
+    /// The names `rbd ls` lists in `pool` (the pool's directory). An `rbd rm` killed
+    /// half-way can leave a name listed that no longer opens, or listed twice.
+    pub fn list(&self, pool: &str) -> Result<Vec<String>> {
+        let args = ["ls", "--format", "json", pool];
+        Self::json(&args, &self.run_ok(&args)?)
     }
 
     /// The image's snapshots, oldest first; `None` when there is no such image.

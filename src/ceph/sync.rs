@@ -8,9 +8,12 @@
 //! - `thinpool.source` = `POOL-UUID/VOLUME-ID`: the image was made by a push of that volume.
 //!   A push refuses an image without it (or with another), so it never writes over an
 //!   image it did not create. New images are made under a temporary name that holds the
-//!   source (`IMAGE.thinpool-new.UUID.ID`), labelled, then renamed: an image is never
+//!   source (`IMAGE.thinpool-new.UUID.ID.NONCE`), labelled, then renamed: an image is never
 //!   visible under its name without its label, and a temporary one left by a killed push
-//!   is known to be ours by its name alone.
+//!   is known to be ours by its name alone. A push removes every such name `rbd ls` lists,
+//!   whether it still opens or was left half-removed by a killed `rbd rm` (which `rbd rm`
+//!   then completes); the nonce keeps a new one clear of anything a killed `rbd rename`
+//!   may have left behind under an older name.
 //! - `thinpool.pending` = `created:SNAP` or `given:SNAP`: set before a diff is streamed,
 //!   removed once the image lists SNAP. Found set, it means the head may hold part of a diff
 //!   (`rbd import-diff` writes the head, then takes the snapshot): the next push rolls the
@@ -143,21 +146,33 @@ pub fn push(
     // A new image is made under this name first (see the module docs). The name holds
     // the source, so one found here was made by a push of this volume, perhaps killed
     // before it could label it.
-    let tmp = img.sibling(format!(
-        "{}.thinpool-new.{}",
-        img.image,
-        source.replace('/', ".")
-    ));
-    if let Some(label) = rbd.meta(&tmp)? {
-        let foreign = label.get(SOURCE).is_some_and(|s| *s != source);
-        if foreign || rbd.snaps(&tmp)?.is_some_and(|v| !v.is_empty()) {
-            return Err(SyncError::InTheWay(tmp.to_string()));
+    let prefix = format!("{}.thinpool-new.{}", img.image, source.replace('/', "."));
+    let ours_tmp = |n: &str| {
+        n.strip_prefix(&prefix)
+            .is_some_and(|r| r.is_empty() || r.starts_with('.'))
+    };
+    let listed = rbd.list(&img.pool)?;
+    for name in listed.iter().filter(|n| ours_tmp(n)) {
+        let t = img.sibling(name.clone());
+        // `None`: half-removed; `rbd rm` completes that.
+        if let Some(label) = rbd.meta(&t)? {
+            let foreign = label.get(SOURCE).is_some_and(|s| *s != source);
+            if foreign || rbd.snaps(&t)?.is_some_and(|v| !v.is_empty()) {
+                return Err(SyncError::InTheWay(t.to_string()));
+            }
         }
-        rbd.remove(&tmp)?;
+        rbd.remove(&t)?;
         rep.recovered
-            .push(format!("removed {tmp}, left by an interrupted first sync"));
+            .push(format!("removed {t}, left by an interrupted first sync"));
     }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = img.sibling(format!("{prefix}.{nonce:x}"));
     let found = rbd.meta(img)?;
+    if found.is_none() && listed.contains(&img.image) {
+        return Err(SyncError::HalfRemoved(img.to_string()));
+    }
     let mut exists = found.is_some();
     let mut snaps = Vec::new();
     let mut ours = snapshots_of(pool, vid)?;

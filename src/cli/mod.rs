@@ -14,6 +14,7 @@ mod dmthin_cmds;
 mod docs_cmds;
 mod export_cmds;
 mod io_cmds;
+mod iostat_cmd;
 mod output;
 mod pool_cmds;
 mod serve_cmd;
@@ -142,6 +143,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Serve the pool's volumes over NBD (and accept commands on POOL/control.sock)
     Serve(ServeArgs),
+    /// What a running server is doing: per-volume I/O rates and latency, commits, space
+    /// (like zpool iostat)
+    Iostat(iostat_cmd::IostatArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(docs_cmds::CompletionsArgs),
     /// Write the manual pages into a new directory (tools/man.sh)
@@ -171,6 +175,7 @@ impl Command {
             | Command::Repair(_)
             | Command::Demo(_)
             | Command::Serve(_)
+            | Command::Iostat(_)
             | Command::Completions(_)
             | Command::Manpages(_)
             | Command::Crashtest(_) => return None,
@@ -274,6 +279,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         | Command::Repair(_)
         | Command::Demo(_)
         | Command::Serve(_)
+        | Command::Iostat(_)
         | Command::Completions(_)
         | Command::Manpages(_)
         | Command::Crashtest(_) => {
@@ -340,6 +346,7 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
         Command::Demo(a) => return demo::run(a, out).map(|()| 0),
         Command::Crashtest(a) => return check_cmds::crashtest(a, out).map(|()| 0),
         Command::Serve(a) => return serve_cmd::run(a, g.rewind, g.engine, out).map(|()| 0),
+        Command::Iostat(a) => return iostat_cmd::iostat(a, out).map(|()| 0),
         Command::Completions(a) => return docs_cmds::completions(a, out).map(|()| 0),
         Command::Manpages(a) => return docs_cmds::manpages(a, out).map(|()| 0),
         _ => cmd.pool_dir().expect("every other command names a pool"),
@@ -389,6 +396,12 @@ fn run(cmd: &Command, g: Global, argv: &[String], out: &mut dyn Write) -> Result
         read_only: cmd.is_read_only(),
         rewind: g.rewind,
         engine: g.engine,
+        // The `rbd` children of a killed sync hold the pool's lock until they have
+        // finished (`ceph::Rbd::inherit`): the repeated sync waits for them.
+        lock_wait: match cmd {
+            Command::Sync(_) => sync_cmd::LOCK_WAIT,
+            _ => OpenOptions::default().lock_wait,
+        },
         ..OpenOptions::default()
     };
     let mut pool = Pool::open(dir, &opts)?;
@@ -489,6 +502,7 @@ pub fn run_in_pool(
         | Command::Repair(_)
         | Command::Demo(_)
         | Command::Serve(_)
+        | Command::Iostat(_)
         | Command::Crashtest(_) => Err(anyhow::anyhow!(
             "this command cannot be sent to a running `thinpool serve`"
         )),

@@ -10,6 +10,10 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// How long `sync` waits for a pool another process holds: long enough for the `rbd`
+/// children of a killed sync, which keep the pool locked, to finish what they were doing.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `thinpool sync POOL VOLUME rbd:RBDPOOL/IMAGE` sends; `thinpool sync --from
 /// rbd:RBDPOOL/IMAGE POOL VOLUME` brings back.
 #[derive(Args, Debug)]
@@ -40,6 +44,7 @@ pub struct SyncArgs {
 pub fn sync(a: &SyncArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> Result<()> {
     let rbd = Rbd {
         conf: a.ceph_conf.clone(),
+        inherit: pool.lock_fds(),
         ..Rbd::default()
     };
     let bar = Bar::new(mode, a.json, "sync");

@@ -1,7 +1,7 @@
 //! The few operating-system calls std does not wrap, kept here so that every `unsafe` block of
 //! the crate lives in `io/` (docs/style.md, habit 5): `SEEK_DATA`/`SEEK_HOLE`, `fstatvfs`, and
-//! SIGINT/SIGTERM handling for long-running commands, and child processes that die with
-//! thinpool.
+//! SIGINT/SIGTERM handling for long-running commands, and descriptors a child process
+//! inherits.
 
 use std::fs::File;
 use std::io;
@@ -116,22 +116,21 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Have the kernel kill (SIGKILL) the process `cmd` starts when the thread that starts it
-/// ends, as it does when thinpool itself is killed: a helper such as `rbd` must never go on
-/// changing what a repeated command is about to look at. Spawn from a thread that waits
-/// for the child.
-pub fn die_with_parent(cmd: &mut Command) {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid, _exit); it allocates nothing.
+/// Let the process `cmd` starts inherit `fds` (normally closed at exec). A helper such
+/// as `rbd` given the pool's lock descriptors keeps the pool locked until it exits, even
+/// when thinpool is killed first: a repeated command then waits for it instead of racing
+/// an operation it is still finishing on the cluster (killing it instead would cut that
+/// operation in half, and leave Ceph locks that expire only after 30 s).
+pub fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::unix::io::RawFd>) {
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl, which
+    // is async-signal-safe; it allocates nothing (the Vec was built before the fork). The
+    // flag is cleared in the child's descriptor table only.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent died between fork and prctl: the signal will never come.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(137);
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -151,6 +151,15 @@ pub fn serve_one(shared: &Shared, mut s: UnixStream) {
             return;
         }
     };
+    if argv.get(1).map(String::as_str) == Some(super::stats::STATS_REQUEST) {
+        // Counters only: no pool lock, no pause of the data path.
+        let (code, out, err) = match serde_json::to_vec(&shared.io_stats().sample()) {
+            Ok(v) => (0, v, Vec::new()),
+            Err(e) => (1, Vec::new(), format!("thinpool serve: {e}\n").into_bytes()),
+        };
+        respond(&mut s, code, &out, &err);
+        return;
+    }
     let (code, out, err) = match shared.pool().exclusive_synced() {
         Err(_) => (
             1,

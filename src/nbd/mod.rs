@@ -3,7 +3,8 @@
 //!
 //! Files, bottom up: [`proto`] (wire constants and encoders), `budget` (in-flight byte
 //! budgets), `shared` (the state every server thread shares), `handshake` (fixed newstyle
-//! option negotiation), `command` (one request: validation, execution, reply),
+//! option negotiation), `stats` (request counters for `iostat`), `command` (one request:
+//! validation, execution, reply),
 //! `transmission` (request loop of one connection), `control` (control
 //! socket), `server` (listeners, commit timer, signals, shutdown). Each uses only those
 //! before it. See `docs/nbd.md`.
@@ -15,6 +16,7 @@ pub(crate) mod handshake;
 pub mod proto;
 pub(crate) mod server;
 pub(crate) mod shared;
+pub mod stats;
 pub(crate) mod transmission;
 
 use std::path::Path;

@@ -4,6 +4,7 @@
 //! control and the accept loop (`server`) all use it, and it uses none of them.
 
 use super::budget::{Budget, GLOBAL_BUDGET};
+use super::stats::IoStats;
 use crate::pool::{Pool, SharedPool, VolumeId};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -130,6 +131,8 @@ pub struct Shared {
     budget: Budget,
     /// Workers connections started beyond their first `WORKERS` (bounded server-wide).
     pub(super) extra_workers: AtomicUsize,
+    /// Request and commit counters (`thinpool iostat`).
+    io: IoStats,
 }
 
 impl Shared {
@@ -144,6 +147,7 @@ impl Shared {
         handler: ControlHandler,
     ) -> Shared {
         Shared {
+            io: IoStats::new(pool.stats()),
             pool: SharedPool::new(pool),
             exports,
             read_only,
@@ -188,6 +192,11 @@ impl Shared {
         {
             c.stream.shutdown(Shutdown::Read);
         }
+    }
+
+    /// The request and commit counters.
+    pub(super) fn io_stats(&self) -> &IoStats {
+        &self.io
     }
 
     /// The control command runner.

@@ -27,6 +27,7 @@ use super::command::{error_reply, execute, invalid, read, STREAM_PIECE};
 use super::handshake::Session;
 use super::proto::*;
 use super::shared::{Shared, Stream};
+use super::stats::{Op, VolumeStats};
 use crossbeam_channel::Receiver;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -59,6 +60,8 @@ struct Job {
     req: Request,
     payload: Vec<u8>,
     cost: u64,
+    /// When its header was read (the start of its latency in `iostat`).
+    arrived: Instant,
 }
 
 /// What the reader and the workers of one connection share.
@@ -78,6 +81,8 @@ struct Conn<'a> {
     /// counter, so the check cannot race: workers add one when they finish a job (or
     /// start), the reader takes one per job it queues.
     slack: AtomicIsize,
+    /// The export's request counters.
+    stats: Arc<VolumeStats>,
 }
 
 impl Conn<'_> {
@@ -251,6 +256,7 @@ pub fn serve(shared: &Arc<Shared>, stream: Stream, sess: &Session, last: &Atomic
         dead: AtomicBool::new(false),
         last,
         slack: AtomicIsize::new(0),
+        stats: shared.io_stats().volume(sess.export.id, &sess.export.name),
     };
     // Every worker waits on the channel itself (no lock around the receiver): a request
     // wakes exactly one worker.
@@ -315,6 +321,7 @@ fn read_requests(
             break;
         }
         conn.last.store(conn.shared.now_ms(), Ordering::Relaxed);
+        let arrived = Instant::now();
         let req = Request::decode(&hdr);
         if req.magic != REQUEST_MAGIC || req.kind == CMD_DISC {
             break;
@@ -354,7 +361,13 @@ fn read_requests(
             // No idle worker is left for this job: start one (up to MAX_WORKERS).
             grow();
         }
-        if let Err(e) = tx.send(Job { req, payload, cost }) {
+        let job = Job {
+            req,
+            payload,
+            cost,
+            arrived,
+        };
+        if let Err(e) = tx.send(job) {
             conn.release(e.into_inner().cost);
             break;
         }
@@ -414,5 +427,20 @@ fn respond(conn: &Conn, sess: &Session, job: Job) {
     }
     if long_read {
         conn.streaming.release(STREAM_PIECE as u64);
+    }
+    let op = match req.kind {
+        CMD_READ => Some(Op::Read),
+        CMD_WRITE => Some(Op::Write),
+        CMD_TRIM | CMD_WRITE_ZEROES => Some(Op::Discard),
+        CMD_FLUSH => Some(Op::Flush),
+        _ => None,
+    };
+    if let Some(op) = op {
+        let bytes = if matches!(op, Op::Flush) {
+            0
+        } else {
+            req.length as u64
+        };
+        conn.stats.record(op, bytes, job.arrived.elapsed());
     }
 }

@@ -18,6 +18,7 @@ mod open;
 mod shared;
 pub mod sizing;
 mod space;
+pub mod stats;
 mod sync;
 pub mod trees;
 mod trim;
@@ -134,6 +135,9 @@ pub struct OpenOptions {
     /// Open the data file with O_DIRECT (the page cache bypassed, like `qemu-nbd
     /// --cache=none`); unaligned requests go through aligned bounce buffers.
     pub direct: bool,
+    /// How long a lock held by another process is waited for before the open fails with
+    /// [`PoolError::InUse`] (default 250 ms).
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -145,6 +149,7 @@ impl Default for OpenOptions {
             rewind: false,
             engine: crate::io::Engine::from_env(),
             direct: false,
+            lock_wait: open::LOCK_WAIT,
         }
     }
 }
@@ -207,6 +212,8 @@ pub struct Pool {
     unkicked: u64,
     /// The low-space policy and its warnings (`space.rs`).
     space: space::SpaceState,
+    /// Commits and space, for readers outside the pool lock (`stats.rs`).
+    stats: Arc<stats::PoolStats>,
 }
 
 /// The pool's part of every commit record, named: the transaction manager keeps it as two
@@ -381,14 +388,17 @@ impl Pool {
         let rec = self.tm.commit(self.user_state().into()).inspect_err(|e| {
             tracing::error!("commit failed: {e}");
         })?;
+        let took = t0.elapsed();
         tracing::debug!(
             seq = rec.seq,
             metadata_blocks = dirty,
             data_sync_in_commit = data_synced,
             data_sync_ms = data_ms,
-            ms = t0.elapsed().as_secs_f64() * 1e3,
+            ms = took.as_secs_f64() * 1e3,
             "commit"
         );
+        self.stats.commit_done(took, data_synced);
+        self.publish_space()?;
         // Blocks freed in the previous transaction leave the protected window (S, S-1) with
         // this commit and nothing can have reused them yet: punch them now, so the data file
         // stays sparse without ever zeroing a block an older record still maps.
@@ -399,6 +409,37 @@ impl Pool {
                 self.punch_block(b);
             }
         }
+        Ok(())
+    }
+
+    /// The descriptors holding the pool's locks (metadata and data file), for a child
+    /// process that must keep the pool locked until it exits (`io::sys::inherit_fds`).
+    pub fn lock_fds(&self) -> Vec<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        [&self._lock, &self._data_lock]
+            .into_iter()
+            .flatten()
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+
+    /// What this pool has done since it was opened (commits, space), readable without its
+    /// lock.
+    pub fn stats(&self) -> Arc<stats::PoolStats> {
+        self.stats.clone()
+    }
+
+    /// Refresh the space figures [`Pool::stats`] shows.
+    pub(crate) fn publish_space(&mut self) -> Result<()> {
+        let (d, m) = (self.tm.data_space(), self.tm.meta_space());
+        self.stats.set_space(stats::SpaceFigures {
+            block_size: self.block_size,
+            data_used: d.allocated,
+            data_total: d.total,
+            meta_used: self.tm.meta_used()?,
+            meta_total: m.total,
+            warn_at: self.space.policy.warn_at,
+        });
         Ok(())
     }
 

@@ -30,8 +30,11 @@ fn refuse_silent_rewind(report: &OpenReport, opts: &OpenOptions) -> Result<()> {
     Ok(())
 }
 
-fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
-    lock_or(file, path, exclusive, || {
+/// How long a busy lock is retried by default (see `lock_or`).
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn lock(file: &File, path: &Path, exclusive: bool, wait: std::time::Duration) -> Result<()> {
+    lock_or(file, path, exclusive, wait, || {
         PoolError::InUse(path.to_path_buf())
     })
 }
@@ -39,7 +42,7 @@ fn lock(file: &File, path: &Path, exclusive: bool) -> Result<()> {
 /// Lock the data file too (shared for a read-only open, exclusive otherwise), so that two
 /// pools never use one data file at once: a restore or adopt onto another pool's data file,
 /// or two pools whose `data` links lead to one file.
-fn lock_data(path: &Path, exclusive: bool) -> Result<File> {
+fn lock_data(path: &Path, exclusive: bool, wait: std::time::Duration) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     // Non-blocking: a FIFO in its place must not hang the open (the data device's own open
     // refuses it).
@@ -48,17 +51,23 @@ fn lock_data(path: &Path, exclusive: bool) -> Result<File> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(io_err(path, "open"))?;
-    lock_or(&f, path, exclusive, || {
+    lock_or(&f, path, exclusive, wait, || {
         PoolError::DataInUse(path.to_path_buf())
     })?;
     Ok(f)
 }
 
-fn lock_or(file: &File, path: &Path, exclusive: bool, busy: impl Fn() -> PoolError) -> Result<()> {
+fn lock_or(
+    file: &File,
+    path: &Path,
+    exclusive: bool,
+    wait: std::time::Duration,
+    busy: impl Fn() -> PoolError,
+) -> Result<()> {
     // A lock that a process released an instant ago can still be held by a child that some
     // other thread forked in between (the descriptor is shared until the child execs), so a
-    // busy lock is retried for a moment before the pool is declared in use.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+    // busy lock is retried for a moment (`wait`) before the pool is declared in use.
+    let deadline = std::time::Instant::now() + wait;
     loop {
         let locked =
             crate::io::lock::try_lock(file, exclusive).map_err(|source| PoolError::Io {
@@ -195,6 +204,7 @@ impl Pool {
             punch_last_frees,
             unkicked: 0,
             space: Default::default(),
+            stats: Default::default(),
             memo_vol: None,
             memo_root: None,
             extents: extents::Extents::default(),
@@ -293,7 +303,7 @@ impl Pool {
         let mdev = FileDev::create(&mpath).map_err(io_err(&mpath, "create"))?;
         partial.files.push(mpath.clone());
         let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
-        lock(&lockf, dir, true)?;
+        lock(&lockf, dir, true, LOCK_WAIT)?;
         // Metadata takes its whole size on disk now: a commit must never fail because the
         // filesystem filled up with data (only data writes may, and they fail cleanly).
         mdev.preallocate(meta_blocks * BLOCK_SIZE as u64)
@@ -301,7 +311,7 @@ impl Pool {
         let (ddev, data_lock) = match adopted {
             Some(target) => {
                 // Locked before anything points at it: a file another pool uses is refused.
-                let data_lock = lock_data(&target, true)?;
+                let data_lock = lock_data(&target, true, LOCK_WAIT)?;
                 std::os::unix::fs::symlink(&target, &dpath)
                     .map_err(io_err(&dpath, "create symlink"))?;
                 partial.files.push(dpath.clone());
@@ -313,7 +323,7 @@ impl Pool {
                 partial.files.push(dpath.clone());
                 ddev.ensure_len(data_blocks * opts.block_size)
                     .map_err(io_err(&dpath, "size data file"))?;
-                (ddev, lock_data(&dpath, true)?)
+                (ddev, lock_data(&dpath, true, LOCK_WAIT)?)
             }
         };
         let label = Label {
@@ -380,10 +390,10 @@ impl Pool {
         let at = rewind_to.or(opts.at_seq);
         let mdev = FileDev::open(&mpath, writable).map_err(io_err(&mpath, "open"))?;
         let lockf = mdev.file().try_clone().map_err(io_err(&mpath, "dup"))?;
-        lock(&lockf, dir, writable)?;
+        lock(&lockf, dir, writable, opts.lock_wait)?;
         let ddev = crate::io::open_data_dev(&dpath, writable, opts.direct, opts.engine)
             .map_err(io_err(&dpath, "open"))?;
-        let data_lock = lock_data(&dpath, writable)?;
+        let data_lock = lock_data(&dpath, writable, opts.lock_wait)?;
         let mdev: Arc<dyn BlockDev> = Arc::new(mdev);
         let (mut tm, report) = Tm::open_at(mdev, opts.cache_blocks, !writable, at)?;
         refuse_silent_rewind(&report, opts)?;

@@ -33,11 +33,14 @@ fn pct(used: u64, total: u64) -> u64 {
 impl Pool {
     pub fn set_low_space(&mut self, policy: LowSpace) {
         self.space.policy = policy;
+        // Best effort: the figures are for display, and the next commit refreshes them.
+        let _ = self.publish_space();
     }
 
     /// Log the warnings the current use calls for; true when data use is at or above the
     /// autoextend mark (the caller then runs [`Pool::autoextend`] with requests drained).
     pub fn watch_space(&mut self) -> Result<bool> {
+        self.publish_space()?;
         let p = self.space.policy;
         let (d, m) = (self.tm.data_space(), self.tm.meta_space());
         let (dp, mp) = (
