@@ -1,4 +1,4 @@
-//! Progress bars (check, export, dump, restore): drawn on a terminal (a pty from `script`),
+//! Progress bars (check, export, dump, restore, repair, crashtest): drawn on a terminal (a pty from `script`),
 //! never with `--json` or when stdout or stderr is not a terminal.
 
 mod common;
@@ -77,5 +77,57 @@ fn check_and_export_draw_bars_on_a_terminal_only() {
     let out = tp.run(&["check", "{}"]).ok();
     assert_eq!(out.stderr, "");
     let out = tp.run(&["export", "{}", "v", img]).ok();
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn repair_and_crashtest_draw_bars_on_a_terminal_only() {
+    if !have_tools(&["script"]) {
+        return;
+    }
+    let tp = TestPool::new("64M", "4K");
+    tp.run(&["create", "{}", "v", "--size", "8M"]).ok();
+    let f = tp.put("data", &pattern(2, 2 << 20));
+    tp.run(&["write", "{}", "v", &f]).ok();
+    let pool = tp.dir.to_str().unwrap().to_string();
+    let drawn = on_tty(&["repair", &pool]);
+    assert!(
+        drawn.contains("repair [") && drawn.contains("mappings"),
+        "{drawn:?}"
+    );
+    assert!(drawn.contains("repaired from seq"), "{drawn:?}");
+    let drawn = on_tty(&["repair", &pool, "--json"]);
+    assert!(!drawn.contains("repair ["), "{drawn:?}");
+    let json: serde_json::Value = serde_json::from_str(drawn.trim()).unwrap();
+    assert_eq!(json["volumes"], 1);
+
+    let drawn = on_tty(&[
+        "crashtest",
+        "--seeds",
+        "2",
+        "--ops",
+        "30",
+        "--states",
+        "200",
+    ]);
+    assert!(
+        drawn.contains("crashtest [") && drawn.contains("ops"),
+        "{drawn:?}"
+    );
+    assert!(drawn.contains("seed 1:"), "{drawn:?}");
+    let kill = tp.tmp.path().join("kill");
+    let drawn = on_tty(&[
+        "crashtest",
+        "--kill",
+        kill.to_str().unwrap(),
+        "--rounds",
+        "2",
+    ]);
+    assert!(
+        drawn.contains("crashtest --kill [") && drawn.contains("rounds"),
+        "{drawn:?}"
+    );
+    // Pipes: nothing on stderr.
+    let out = thinpool(&["crashtest", "--seeds", "1", "--ops", "10", "--states", "50"]).ok();
     assert_eq!(out.stderr, "");
 }

@@ -1,14 +1,15 @@
 //! `thinpool check` (the checker) and `thinpool crashtest` (crash injection).
 
-use super::export_cmds::Bar;
 use super::output::print_json;
+use super::progress::Bar;
 use super::size::parse_size;
 use super::Mode;
 use crate::check;
 use crate::crash::kill::{kill_child, run_kill, KillConfig};
-use crate::crash::{run, CrashConfig, CrashReport, FaultSet};
+use crate::crash::{run_with_progress, CrashConfig, CrashReport, FaultSet};
 use crate::io::{lock, FileDev};
 use crate::pool::Pool;
+use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -196,10 +197,14 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
             .collect()
     };
     let mut reports: Vec<(CrashConfig, CrashReport)> = Vec::new();
+    let bar = Bar::counting(Mode::Local, a.json, "crashtest", "ops");
+    bar.set_total(configs.iter().map(|c| c.ops as u64).sum());
     for cfg in configs {
-        let rep = run(&cfg);
+        let rep = run_with_progress(&cfg, &bar);
+        // A run stops early at --states or at a violation: its remaining ops are done too.
+        bar.inc((cfg.ops as u64).saturating_sub(rep.ops as u64));
         if !a.json {
-            writeln!(
+            bar.suspend(|| writeln!(
                 out,
                 "seed {}: {} ops, {} crash points, {} states ({} between writes), {} second-crash states ({} recoveries continued, {} crash points) in {:.1}s ({:.0} states/s), {} violations{}",
                 cfg.seed,
@@ -218,7 +223,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
                 } else {
                     String::new()
                 }
-            )?;
+            ))?;
         }
         let failed = !rep.violations.is_empty();
         reports.push((cfg, rep));
@@ -226,6 +231,7 @@ pub fn crashtest(a: &CrashtestArgs, out: &mut dyn Write) -> Result<()> {
             break;
         }
     }
+    bar.finish();
     let total: u64 = reports.iter().map(|(_, r)| r.states).sum();
     let second: u64 = reports.iter().map(|(_, r)| r.second_crash_states).sum();
     let between: u64 = reports.iter().map(|(_, r)| r.write_states).sum();
@@ -302,7 +308,10 @@ fn kill_mode(a: &CrashtestArgs, dir: PathBuf, out: &mut dyn Write) -> Result<()>
         seed: a.seed,
         exe,
     };
-    let rep = run_kill(&cfg).map_err(anyhow::Error::msg)?;
+    let bar = Bar::counting(Mode::Local, a.json, "crashtest --kill", "rounds");
+    let rep = run_kill(&cfg, &bar);
+    bar.finish();
+    let rep = rep.map_err(anyhow::Error::msg)?;
     if a.json {
         print_json(
             out,

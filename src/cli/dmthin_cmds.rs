@@ -1,14 +1,13 @@
 //! `thinpool dump|restore|adopt`: a pool as thin_dump's XML or thinpool's JSON, a new pool
 //! from either, and a new pool from dm-thin's own metadata (a thin adapter over [`crate::dmthin`]; docs/dmthin.md).
 
-use super::export_cmds::Bar;
 use super::output::{create_output, print_json};
+use super::progress::Bar;
 use super::size::{format_size, parse_size};
 use super::Mode;
-use crate::dmthin::model::{DumpError, DumpSink};
+use crate::dmthin::model::{Counted, DumpError, DumpSink};
 use crate::dmthin::{dm_meta, dump, json, restore, xml};
 use crate::pool::Pool;
-use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -133,8 +132,10 @@ pub fn repair(a: &RepairArgs, out: &mut dyn Write) -> Result<()> {
             a.pool.display()
         );
     }
-    let r = crate::dmthin::repair::repair(&a.pool, a.dry_run)
-        .with_context(|| format!("cannot repair {}", a.pool.display()))?;
+    let bar = Bar::counting(Mode::Local, a.json, "repair", "mappings");
+    let r = crate::dmthin::repair::repair_with_progress(&a.pool, a.dry_run, &bar);
+    bar.finish();
+    let r = r.with_context(|| format!("cannot repair {}", a.pool.display()))?;
     let s = &r.salvage;
     let mappings: u64 = s.dump.devices.iter().map(|d| d.mapped_blocks).sum();
     if a.json {
@@ -451,19 +452,11 @@ fn write_dump(
     let stats = match format {
         DumpFormat::Xml => dump::dump(
             pool,
-            &mut Counted {
-                inner: &mut xml::XmlWriter::new(w, what),
-                bar,
-                total: 0,
-            },
+            &mut Counted::new(&mut xml::XmlWriter::new(w, what), bar),
         ),
         DumpFormat::Json => dump::dump(
             pool,
-            &mut Counted {
-                inner: &mut json::JsonWriter::new(w, what),
-                bar,
-                total: 0,
-            },
+            &mut Counted::new(&mut json::JsonWriter::new(w, what), bar),
         ),
     };
     bar.finish();
@@ -517,41 +510,6 @@ fn first_char(r: &mut dyn BufRead) -> io::Result<Option<u8>> {
     }
 }
 
-/// A sink that passes everything on and counts the mappings on a progress bar (the total
-/// grows by each device's mapped blocks as it begins).
-struct Counted<'a> {
-    inner: &'a mut dyn DumpSink,
-    bar: &'a Bar,
-    total: u64,
-}
-
-impl DumpSink for Counted<'_> {
-    fn superblock(
-        &mut self,
-        sb: &crate::dmthin::model::PoolDump,
-    ) -> std::result::Result<(), DumpError> {
-        self.inner.superblock(sb)
-    }
-    fn device(
-        &mut self,
-        dev: &crate::dmthin::model::DeviceDump,
-    ) -> std::result::Result<(), DumpError> {
-        self.total += dev.mapped_blocks;
-        self.bar.set_total(self.total);
-        self.inner.device(dev)
-    }
-    fn run(&mut self, run: &crate::dmthin::model::Run) -> std::result::Result<(), DumpError> {
-        self.bar.inc(run.length);
-        self.inner.run(run)
-    }
-    fn end_device(&mut self) -> std::result::Result<(), DumpError> {
-        self.inner.end_device()
-    }
-    fn end(&mut self) -> std::result::Result<(), DumpError> {
-        self.inner.end()
-    }
-}
-
 fn read_dump(
     r: Box<dyn BufRead>,
     format: DumpFormat,
@@ -588,12 +546,7 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<()> {
     let (r, format) = open_input(&a.input, a.format)?;
     let bar = Bar::counting(Mode::Local, a.build.json, "restore", "mappings");
     let done = restore::restore(&a.pool, &opts, survey, |sink| {
-        let mut counted = Counted {
-            inner: sink,
-            bar: &bar,
-            total: 0,
-        };
-        read_dump(r, format, &what, &mut counted)
+        read_dump(r, format, &what, &mut Counted::new(sink, &bar))
     });
     bar.finish();
     let done = done.with_context(|| format!("cannot restore {what} into {}", a.pool.display()))?;

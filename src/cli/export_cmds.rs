@@ -4,15 +4,16 @@
 //! stderr are terminals, never with `--json` or inside a server.
 
 use super::output::{create_output, print_json, print_table};
+use super::progress::Bar;
 use super::size::{format_size, parse_size};
 use super::Mode;
-use crate::export::{self, raw, DiffKind, ImportDiffOptions, ImportSource, Progress, RawSink};
+use crate::export::{self, raw, DiffKind, ImportDiffOptions, ImportSource, RawSink};
 use crate::pool::Pool;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -84,68 +85,6 @@ pub struct ImportDiffArgs {
     /// Do not create the diff's end snapshot after applying it
     #[arg(long)]
     pub no_snapshot: bool,
-}
-
-/// A progress bar on stderr, or nothing.
-pub(super) struct Bar(Option<indicatif::ProgressBar>);
-
-impl Bar {
-    pub(super) fn new(mode: Mode, json: bool, msg: &str) -> Bar {
-        Bar::styled(
-            mode,
-            json,
-            msg,
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-    }
-
-    /// A bar counting `unit`s (the checker's metadata blocks) instead of bytes.
-    pub(super) fn counting(mode: Mode, json: bool, msg: &str, unit: &str) -> Bar {
-        let template =
-            format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}");
-        Bar::styled(mode, json, msg, &template)
-    }
-
-    /// No bar.
-    pub(super) fn hidden() -> Bar {
-        Bar(None)
-    }
-
-    fn styled(mode: Mode, json: bool, msg: &str, template: &str) -> Bar {
-        let show = mode == Mode::Local
-            && !json
-            && io::stdout().is_terminal()
-            && io::stderr().is_terminal();
-        Bar(show.then(|| {
-            let pb = indicatif::ProgressBar::with_draw_target(
-                None,
-                indicatif::ProgressDrawTarget::stderr(),
-            );
-            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-                pb.set_style(style.progress_chars("=> "));
-            }
-            pb.set_message(msg.to_string());
-            pb
-        }))
-    }
-    pub(super) fn finish(&self) {
-        if let Some(pb) = &self.0 {
-            pb.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for Bar {
-    fn set_total(&self, total: u64) {
-        if let Some(pb) = &self.0 {
-            pb.set_length(total);
-        }
-    }
-    fn inc(&self, n: u64) {
-        if let Some(pb) = &self.0 {
-            pb.inc(n);
-        }
-    }
 }
 
 fn is_std(p: &Path) -> bool {

@@ -17,6 +17,7 @@ mod io_cmds;
 mod iostat_cmd;
 mod output;
 mod pool_cmds;
+mod progress;
 mod serve_cmd;
 pub mod size;
 mod sync_cmd;

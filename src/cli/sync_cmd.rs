@@ -1,7 +1,7 @@
 //! `thinpool sync`: the Ceph bridge's command (`crate::ceph`).
 
-use super::export_cmds::Bar;
 use super::output::print_json;
+use super::progress::Bar;
 use super::Mode;
 use crate::ceph::{self, ImageSpec, Rbd};
 use crate::pool::Pool;

@@ -18,6 +18,15 @@ use std::time::Instant;
 
 /// Run one seeded crash test.
 pub fn run(cfg: &CrashConfig) -> CrashReport {
+    run_with_progress(cfg, &crate::progress::NoProgress)
+}
+
+/// [`run`], counting each workload operation (with every crash explored after it) as one
+/// unit on `progress`. The caller sets the total.
+pub fn run_with_progress(
+    cfg: &CrashConfig,
+    progress: &dyn crate::progress::Progress,
+) -> CrashReport {
     let start = Instant::now();
     let mut rep = CrashReport::default();
     let group = SimGroup::new();
@@ -80,6 +89,7 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
             );
         }
         rep.ops = op + 1;
+        progress.inc(1);
         let states = rep.states + rep.second_crash_states;
         if (cfg.max_states > 0 && states >= cfg.max_states) || !rep.violations.is_empty() {
             break;

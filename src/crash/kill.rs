@@ -47,8 +47,12 @@ fn vol_name(i: usize) -> String {
     format!("k{i}")
 }
 
-/// Run the kill loop.
-pub fn run_kill(cfg: &KillConfig) -> Result<KillReport, String> {
+/// Run the kill loop, counting rounds on `progress`.
+pub fn run_kill(
+    cfg: &KillConfig,
+    progress: &dyn crate::progress::Progress,
+) -> Result<KillReport, String> {
+    progress.set_total(cfg.rounds as u64);
     let start = Instant::now();
     let mut rep = KillReport::default();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -183,6 +187,7 @@ pub fn run_kill(cfg: &KillConfig) -> Result<KillReport, String> {
         // Recover and verify.
         verify_round(&cfg.dir, &mut oracle, &mut rep).map_err(|e| format!("round {round}: {e}"))?;
         rep.rounds = round + 1;
+        progress.inc(1);
         if !rep.violations.is_empty() {
             break;
         }

@@ -35,5 +35,5 @@ mod verify;
 mod workload;
 
 pub use config::{CrashConfig, FaultSet, DEFAULT_SECOND_CRASH_EVERY, DEFAULT_WRITE_POINTS};
-pub use explore::run;
+pub use explore::{run, run_with_progress};
 pub use report::{CrashReport, SecondCrash, Violation};

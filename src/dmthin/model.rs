@@ -172,6 +172,45 @@ impl PoolDump {
     }
 }
 
+/// A sink that passes everything on and counts the mappings as progress (the total grows
+/// by each device's mapped blocks as it begins).
+pub struct Counted<'a> {
+    inner: &'a mut dyn DumpSink,
+    progress: &'a dyn crate::progress::Progress,
+    total: u64,
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(inner: &'a mut dyn DumpSink, progress: &'a dyn crate::progress::Progress) -> Self {
+        Counted {
+            inner,
+            progress,
+            total: 0,
+        }
+    }
+}
+
+impl DumpSink for Counted<'_> {
+    fn superblock(&mut self, sb: &PoolDump) -> Result<()> {
+        self.inner.superblock(sb)
+    }
+    fn device(&mut self, dev: &DeviceDump) -> Result<()> {
+        self.total += dev.mapped_blocks;
+        self.progress.set_total(self.total);
+        self.inner.device(dev)
+    }
+    fn run(&mut self, run: &Run) -> Result<()> {
+        self.progress.inc(run.length);
+        self.inner.run(run)
+    }
+    fn end_device(&mut self) -> Result<()> {
+        self.inner.end_device()
+    }
+    fn end(&mut self) -> Result<()> {
+        self.inner.end()
+    }
+}
+
 /// A sink that keeps everything: a [`PoolDump`] in memory (tests, small pools).
 #[derive(Default)]
 pub struct Collect {

@@ -33,6 +33,15 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> DumpError {
 /// Repair the pool in `dir` (or, with `dry_run`, only say what a repair would recover and
 /// lose). The pool must not be open anywhere else.
 pub fn repair(dir: &Path, dry_run: bool) -> Result<Repaired> {
+    repair_with_progress(dir, dry_run, &crate::progress::NoProgress)
+}
+
+/// [`repair`], counting the mappings written into the new metadata on `progress`.
+pub fn repair_with_progress(
+    dir: &Path,
+    dry_run: bool,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Repaired> {
     let mpath = dir.join("metadata");
     if !mpath.exists() {
         return Err(PoolError::NotAPool(dir.to_path_buf()).into());
@@ -80,7 +89,9 @@ pub fn repair(dir: &Path, dry_run: bool) -> Result<Repaired> {
         ..opts
     };
     let restored = restore::restore(&scratch, &sized, Some(survey), |sink| {
-        found.dump.replay(sink)
+        found
+            .dump
+            .replay(&mut super::model::Counted::new(sink, progress))
     });
     let restored = match restored {
         Ok(r) => r,
