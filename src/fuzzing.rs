@@ -64,6 +64,7 @@ impl NbdServer {
             export,
             structured,
             allocation_context,
+            changed: Vec::new(),
         };
         Some(command::execute(
             &self.shared,

@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use thinpool::export::diff::diff_blocks_in;
 use thinpool::export::{diff_volumes, DiffKind};
 use thinpool::io::{BlockDev, MemDev};
 use thinpool::pool::{CreateOptions, Pool, VolumeId};
@@ -117,6 +118,37 @@ fn tree_diff_matches_brute_force_on_random_histories() {
             let back = brute_force(&mut pool, vol, s);
             let (got, _) = tree_diff(&mut pool, vol, s);
             assert_eq!(got, back, "vol -> snapshot {s}, round {round}");
+            // A range of it (what BLOCK_STATUS of `thinpool:changed:` asks): exactly the
+            // full diff's blocks inside, and never more nodes read than the full walk.
+            let lo = rng.gen_range(0..blocks);
+            let hi = rng.gen_range(lo..=blocks);
+            let mut part = BTreeMap::new();
+            let st = diff_blocks_in(&mut pool, s, vol, lo..hi, &mut |d| {
+                part.insert(d.vb, d.kind);
+                Ok(true)
+            })
+            .unwrap();
+            let inside: BTreeMap<u64, DiffKind> =
+                want.range(lo..hi).map(|(k, v)| (*k, *v)).collect();
+            assert_eq!(
+                part, inside,
+                "snapshot {s} -> vol in {lo}..{hi}, round {round}"
+            );
+            let (_, full_nodes) = tree_diff(&mut pool, s, vol);
+            assert!(
+                st.nodes_read <= full_nodes,
+                "{} > {full_nodes}",
+                st.nodes_read
+            );
+            // Stopping early: the first n blocks only.
+            let mut first = Vec::new();
+            diff_blocks_in(&mut pool, s, vol, 0..blocks, &mut |d| {
+                first.push(d.vb);
+                Ok(first.len() < 3)
+            })
+            .unwrap();
+            let head: Vec<u64> = want.keys().take(3).copied().collect();
+            assert_eq!(first, head);
         }
     }
     // Two unrelated volumes (no shared nodes) still compare right.

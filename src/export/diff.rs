@@ -77,16 +77,26 @@ enum Item {
     Mapping { vb: u64, pb: u64 },
 }
 
-/// A tree read lazily in key order: items on a stack, the front at the end.
+/// A tree read lazily in key order: items on a stack, the front at the end. Only keys in
+/// `[lo, hi)` are wanted: subtrees wholly outside are never pushed, mappings outside dropped.
 struct Cursor {
     stack: Vec<Item>,
+    lo: u64,
+    hi: u64,
 }
 
 impl Cursor {
-    fn new(pool: &mut Pool, root: BlockRef, stats: &mut DiffStats) -> Result<Cursor> {
+    fn new(
+        pool: &mut Pool,
+        root: BlockRef,
+        (lo, hi): (u64, u64),
+        stats: &mut DiffStats,
+    ) -> Result<Cursor> {
         let height = tree_height(pool, root, stats)?;
         Ok(Cursor {
             stack: vec![Item::Subtree { node: root, height }],
+            lo,
+            hi,
         })
     }
 
@@ -104,6 +114,9 @@ impl Cursor {
         let n = Node(&blk);
         if n.is_leaf() {
             for i in (0..n.nr()).rev() {
+                if !(self.lo..self.hi).contains(&n.key(i)) {
+                    continue;
+                }
                 let v = u64::from_le_bytes(n.value(i).try_into().expect("8-byte mapping"));
                 let (pb, _) = unpack_mapping(v);
                 self.stack.push(Item::Mapping {
@@ -113,6 +126,11 @@ impl Cursor {
             }
         } else {
             for i in (0..n.nr()).rev() {
+                // Child i holds keys from key(i) up to key(i + 1).
+                let below = i + 1 < n.nr() && n.key(i + 1) <= self.lo;
+                if below || n.key(i) >= self.hi {
+                    continue;
+                }
                 self.stack.push(Item::Subtree {
                     node: n.child(i),
                     height: height.saturating_sub(1),
@@ -146,14 +164,31 @@ pub fn diff_blocks(
     to: VolumeId,
     f: &mut dyn FnMut(BlockDiff) -> Result<()>,
 ) -> Result<DiffStats> {
+    diff_blocks_in(pool, from, to, 0..u64::MAX, &mut |d| f(d).map(|()| true))
+}
+
+/// [`diff_blocks`] for the virtual blocks in `range` only: subtrees wholly outside it are
+/// not read, so the cost follows the change inside the range. The walk stops early when
+/// `f` returns `false`.
+pub fn diff_blocks_in(
+    pool: &mut Pool,
+    from: VolumeId,
+    to: VolumeId,
+    range: std::ops::Range<u64>,
+    f: &mut dyn FnMut(BlockDiff) -> Result<bool>,
+) -> Result<DiffStats> {
     let mut stats = DiffStats::default();
     let (ra, rb) = (pool.vol_root(from)?, pool.vol_root(to)?);
+    if range.is_empty() {
+        return Ok(stats);
+    }
     if ra == rb {
         stats.subtrees_shared = 1;
         return Ok(stats);
     }
-    let mut a = Cursor::new(pool, ra, &mut stats)?;
-    let mut b = Cursor::new(pool, rb, &mut stats)?;
+    let bounds = (range.start, range.end);
+    let mut a = Cursor::new(pool, ra, bounds, &mut stats)?;
+    let mut b = Cursor::new(pool, rb, bounds, &mut stats)?;
     let mut emit = |stats: &mut DiffStats, d: BlockDiff| {
         match d.kind {
             DiffKind::Changed => stats.changed_blocks += 1,
@@ -185,60 +220,66 @@ pub fn diff_blocks(
             (_, Some(Item::Subtree { .. })) => b.open(pool, &mut stats)?,
             (Some(Item::Mapping { vb, .. }), None) => {
                 a.stack.pop();
-                emit(
+                if !emit(
                     &mut stats,
                     BlockDiff {
                         vb,
                         kind: DiffKind::OnlyInFrom,
                         to_block: None,
                     },
-                )?;
+                )? {
+                    break;
+                }
             }
             (None, Some(Item::Mapping { vb, pb })) => {
                 b.stack.pop();
-                emit(
+                if !emit(
                     &mut stats,
                     BlockDiff {
                         vb,
                         kind: DiffKind::OnlyInTo,
                         to_block: Some(pb),
                     },
-                )?;
+                )? {
+                    break;
+                }
             }
             (Some(Item::Mapping { vb: ka, pb: pa }), Some(Item::Mapping { vb: kb, pb: pbb })) => {
                 stats.mappings_compared += 1;
                 if ka < kb {
                     a.stack.pop();
-                    emit(
+                    if !emit(
                         &mut stats,
                         BlockDiff {
                             vb: ka,
                             kind: DiffKind::OnlyInFrom,
                             to_block: None,
                         },
-                    )?;
+                    )? {
+                        break;
+                    }
                 } else if kb < ka {
                     b.stack.pop();
-                    emit(
+                    if !emit(
                         &mut stats,
                         BlockDiff {
                             vb: kb,
                             kind: DiffKind::OnlyInTo,
                             to_block: Some(pbb),
                         },
-                    )?;
+                    )? {
+                        break;
+                    }
                 } else {
                     a.stack.pop();
                     b.stack.pop();
-                    if pa != pbb {
-                        emit(
-                            &mut stats,
-                            BlockDiff {
-                                vb: ka,
-                                kind: DiffKind::Changed,
-                                to_block: Some(pbb),
-                            },
-                        )?;
+                    let changed = BlockDiff {
+                        vb: ka,
+                        kind: DiffKind::Changed,
+                        to_block: Some(pbb),
+                    };
+                    if pa != pbb && !emit(&mut stats, changed)? {
+                        break;
                     }
                 }
             }

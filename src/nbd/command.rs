@@ -128,7 +128,7 @@ pub(super) fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
         let msg = format!("read of {} bytes exceeds the 32 MiB maximum", req.length);
         return Some(error_reply(sess, h, EINVAL, &msg));
     }
-    if req.kind == CMD_BLOCK_STATUS && !sess.allocation_context {
+    if req.kind == CMD_BLOCK_STATUS && !sess.has_contexts() {
         return Some(error_reply(
             sess,
             h,
@@ -262,13 +262,28 @@ fn extents(
         .lock()?
         .mappings(id, lo / bs, (hi - 1) / bs + 1, limit)?;
     let truncated = maps.len() >= limit;
+    Ok((
+        runs_of(maps.into_iter().map(|(vb, _)| vb), bs, lo, hi, truncated),
+        truncated,
+    ))
+}
+
+/// `[lo, hi)` as maximal runs `(start, end, marked)`, from the marked virtual blocks in
+/// ascending order; `truncated`: the list stopped early, so the runs end at its last block.
+fn runs_of(
+    marked: impl Iterator<Item = u64>,
+    bs: u64,
+    lo: u64,
+    hi: u64,
+    truncated: bool,
+) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut push = |s: u64, e: u64, data: bool| match runs.last_mut() {
         Some(last) if last.2 == data && last.1 == s => last.1 = e,
         _ => runs.push((s, e, data)),
     };
     let mut pos = lo;
-    for (vb, _) in maps {
+    for vb in marked {
         let (s, e) = VirtualBlock(vb).clip(bs, lo, hi);
         if s >= e {
             continue;
@@ -282,32 +297,105 @@ fn extents(
     if !truncated && pos < hi {
         push(pos, hi, false);
     }
-    Ok((runs, truncated))
+    runs
+}
+
+/// `[lo, hi)` of volume `id` as runs `(start, end, changed)`: changed where it maps other
+/// data than `base` does (written, or discarded, since). Looks at no more than `limit`
+/// differing blocks.
+fn changed_runs(
+    pool: &SharedPool,
+    id: VolumeId,
+    base: VolumeId,
+    lo: u64,
+    hi: u64,
+    limit: usize,
+) -> Result<Vec<Run>, String> {
+    let bs = pool.block_size();
+    let mut blocks = Vec::new();
+    let mut guard = pool.lock().map_err(|e| e.to_string())?;
+    let range = lo / bs..(hi - 1) / bs + 1;
+    let mut truncated = false;
+    crate::export::diff::diff_blocks_in(&mut guard, base, id, range, &mut |d| {
+        truncated = blocks.len() >= limit;
+        if !truncated {
+            blocks.push(d.vb);
+        }
+        Ok(!truncated)
+    })
+    .map_err(|e| e.to_string())?;
+    drop(guard);
+    Ok(runs_of(blocks.into_iter(), bs, lo, hi, truncated))
+}
+
+/// One BLOCK_STATUS chunk: context `id`, descriptors from `runs` (at least one), each with
+/// `status(marked)`.
+fn status_chunk(
+    out: &mut Vec<u8>,
+    flags: u16,
+    h: u64,
+    id: u32,
+    runs: &[Run],
+    status: impl Fn(bool) -> u32,
+) {
+    let mut p = Vec::with_capacity(4 + runs.len() * 8);
+    p.extend_from_slice(&id.to_be_bytes());
+    for &(s, e, marked) in runs {
+        p.extend_from_slice(&((e - s) as u32).to_be_bytes());
+        p.extend_from_slice(&status(marked).to_be_bytes());
+    }
+    push_chunk(out, flags, REPLY_TYPE_BLOCK_STATUS, h, &p);
 }
 
 fn block_status(pool: &SharedPool, sess: &Session, req: &Request) -> Vec<u8> {
     let (h, id) = (req.handle, sess.export.id);
     let (lo, hi) = (req.offset, req.offset + req.length as u64);
-    let (mut runs, _) = match extents(pool, id, lo, hi, STATUS_LIMIT) {
-        Ok(r) => r,
-        Err(e) => return pool_error(sess, h, &e),
-    };
-    if runs.is_empty() {
-        // Cannot happen (a truncated walk found at least one mapping), but never send an
-        // empty reply: report the whole range as data, which is always safe.
-        runs.push((lo, hi, true));
+    // Every selected context gets a chunk; the last one ends the reply. Runs are never
+    // empty: a walk that stops early has seen at least one block, and an empty answer
+    // would be a protocol error, so the whole range is reported then (as data, and as
+    // changed: always safe).
+    let mut chunks: Vec<(u32, Vec<Run>, bool)> = Vec::new();
+    if sess.allocation_context {
+        let (runs, _) = match extents(pool, id, lo, hi, STATUS_LIMIT) {
+            Ok(r) => r,
+            Err(e) => return pool_error(sess, h, &e),
+        };
+        chunks.push((BASE_ALLOCATION_ID, runs, true));
     }
-    if req.flags & CMD_FLAG_REQ_ONE != 0 {
-        runs.truncate(1);
-    }
-    let mut p = Vec::with_capacity(4 + runs.len() * 8);
-    p.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
-    for (s, e, data) in runs {
-        p.extend_from_slice(&((e - s) as u32).to_be_bytes());
-        let status = if data { 0 } else { STATE_HOLE | STATE_ZERO };
-        p.extend_from_slice(&status.to_be_bytes());
+    for c in &sess.changed {
+        let runs = match changed_runs(pool, id, c.base, lo, hi, STATUS_LIMIT) {
+            Ok(r) => r,
+            Err(msg) => return error_reply(sess, h, EIO, &msg),
+        };
+        chunks.push((c.id, runs, false));
     }
     let mut out = Vec::new();
-    push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, h, &p);
+    let n = chunks.len();
+    for (i, (ctx, mut runs, allocation)) in chunks.into_iter().enumerate() {
+        if runs.is_empty() {
+            runs.push((lo, hi, true));
+        }
+        if req.flags & CMD_FLAG_REQ_ONE != 0 {
+            runs.truncate(1);
+        }
+        let flags = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
+        if allocation {
+            status_chunk(&mut out, flags, h, ctx, &runs, |data| {
+                if data {
+                    0
+                } else {
+                    STATE_HOLE | STATE_ZERO
+                }
+            });
+        } else {
+            status_chunk(&mut out, flags, h, ctx, &runs, |changed| {
+                if changed {
+                    STATE_CHANGED
+                } else {
+                    0
+                }
+            });
+        }
+    }
     out
 }

@@ -22,6 +22,24 @@ pub struct Session {
     pub structured: bool,
     /// `base:allocation` was selected for this export.
     pub allocation_context: bool,
+    /// `thinpool:changed:SNAP` contexts selected for this export, in their id order.
+    pub changed: Vec<ChangedContext>,
+}
+
+/// A selected `thinpool:changed:SNAP` context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedContext {
+    pub id: u32,
+    /// SNAP, the volume extents are compared with.
+    pub base: crate::pool::VolumeId,
+    pub name: String,
+}
+
+impl Session {
+    /// A BLOCK_STATUS request has something to report.
+    pub fn has_contexts(&self) -> bool {
+        self.allocation_context || !self.changed.is_empty()
+    }
 }
 
 /// Transmission flags for an export.
@@ -87,7 +105,7 @@ pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Opti
     let mut st = State {
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
         structured: false,
-        context_for: None,
+        selected: None,
     };
     loop {
         if read_u64(s)? != IHAVEOPT {
@@ -116,13 +134,20 @@ pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Opti
 struct State {
     no_zeroes: bool,
     structured: bool,
-    /// Export for which `base:allocation` was selected (NBD_OPT_SET_META_CONTEXT).
-    context_for: Option<String>,
+    /// What NBD_OPT_SET_META_CONTEXT selected: for which export, `base:allocation` or not,
+    /// and the `thinpool:changed:` contexts.
+    selected: Option<(String, bool, Vec<ChangedContext>)>,
 }
 
 fn reply_err<S: Write>(s: &mut S, opt: u32, code: u32, msg: &str) -> io::Result<()> {
     s.write_all(&option_reply(opt, code, msg.as_bytes()))?;
     s.flush()
+}
+
+fn reply_context<S: Write>(s: &mut S, opt: u32, id: u32, name: &str) -> io::Result<()> {
+    let mut p = id.to_be_bytes().to_vec();
+    p.extend_from_slice(name.as_bytes());
+    s.write_all(&option_reply(opt, REP_META_CONTEXT, &p))
 }
 
 fn ack<S: Write>(s: &mut S, opt: u32) -> io::Result<()> {
@@ -204,12 +229,17 @@ impl State {
     }
 
     fn session(&self, export: Export) -> Session {
-        let allocation_context =
-            self.structured && self.context_for.as_deref() == Some(&export.name);
+        let (allocation_context, changed) = match &self.selected {
+            Some((name, alloc, changed)) if self.structured && *name == export.name => {
+                (*alloc, changed.clone())
+            }
+            _ => (false, Vec::new()),
+        };
         Session {
             export,
             structured: self.structured,
             allocation_context,
+            changed,
         }
     }
 
@@ -296,7 +326,8 @@ impl State {
             reply_err(s, opt, REP_ERR_INVALID, msg)?;
             return Ok(Next::Continue);
         }
-        if shared.find_export(&name).is_none() {
+        // The empty name is the default export: selections are kept under its real name.
+        let Some(export) = shared.find_export(&name) else {
             reply_err(
                 s,
                 opt,
@@ -304,20 +335,48 @@ impl State {
                 &format!("no export named '{name}'"),
             )?;
             return Ok(Next::Continue);
-        }
-        let matches = if set {
+        };
+        let name = export.name;
+        let alloc = if set {
             queries.iter().any(|q| q == BASE_ALLOCATION)
         } else {
             queries.is_empty() || queries.iter().any(|q| q == BASE_ALLOCATION || q == "base:")
         };
-        if matches {
-            let mut p = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
-            p.extend_from_slice(BASE_ALLOCATION.as_bytes());
-            s.write_all(&option_reply(opt, REP_META_CONTEXT, &p))?;
+        if alloc {
+            reply_context(s, opt, BASE_ALLOCATION_ID, BASE_ALLOCATION)?;
+        }
+        // `thinpool:changed:SNAP` for every SNAP this client may compare with (exported,
+        // or a snapshot of the export: `Shared::changed_base`). A LIST with no query, `thinpool:` or `thinpool:changed:`
+        // gets the pattern itself (id 0: LIST ids mean nothing).
+        let mut changed: Vec<ChangedContext> = Vec::new();
+        let pattern = queries.is_empty()
+            || queries
+                .iter()
+                .any(|q| q == "thinpool:" || q == CHANGED_PREFIX);
+        if !set && pattern {
+            reply_context(s, opt, 0, &format!("{CHANGED_PREFIX}*"))?;
+        }
+        for q in &queries {
+            let Some(snap) = q.strip_prefix(CHANGED_PREFIX).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            if changed.len() >= MAX_CHANGED_CONTEXTS || changed.iter().any(|c| c.name == snap) {
+                continue;
+            }
+            let Some(base) = shared.changed_base(&name, snap) else {
+                continue; // not ours to offer: no reply for it
+            };
+            let id = CHANGED_ID_BASE + changed.len() as u32;
+            reply_context(s, opt, if set { id } else { 0 }, q)?;
+            changed.push(ChangedContext {
+                id,
+                base,
+                name: snap.to_string(),
+            });
         }
         if set {
             // A new SET replaces the previous selection.
-            self.context_for = matches.then_some(name);
+            self.selected = (alloc || !changed.is_empty()).then_some((name, alloc, changed));
         }
         ack(s, opt)?;
         Ok(Next::Continue)

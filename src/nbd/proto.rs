@@ -83,9 +83,18 @@ pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 pub const STATE_HOLE: u32 = 1 << 0;
 pub const STATE_ZERO: u32 = 1 << 1;
 
-/// The only metadata context we offer, and the id we give it.
+/// The metadata contexts we offer: `base:allocation` with this id, and
+/// `thinpool:changed:SNAP` (per extent: differs from snapshot SNAP?), numbered from
+/// `CHANGED_ID_BASE` in the order a client selected them.
 pub const BASE_ALLOCATION: &str = "base:allocation";
 pub const BASE_ALLOCATION_ID: u32 = 1;
+pub const CHANGED_PREFIX: &str = "thinpool:changed:";
+pub const CHANGED_ID_BASE: u32 = 2;
+/// Most `thinpool:changed:` contexts one connection may select (each costs a tree walk per
+/// BLOCK_STATUS).
+pub const MAX_CHANGED_CONTEXTS: usize = 8;
+/// `thinpool:changed:` status bit, as `qemu:dirty-bitmap:` sets it for dirty extents.
+pub const STATE_CHANGED: u32 = 1 << 0;
 
 // Error values (NBD defines its own numbers; they happen to match Linux errno).
 pub const EPERM: u32 = 1;

@@ -290,6 +290,16 @@ impl Shared {
         })
     }
 
+    /// The volume a `thinpool:changed:SNAP` context of `export` compares with: SNAP when a
+    /// client of this server may see it, i.e. it is exported, or it is a snapshot of
+    /// `export` (whose extents a client of `export` may compare against).
+    pub fn changed_base(&self, export: &str, snap: &str) -> Option<VolumeId> {
+        let mut pool = self.pool.lock().ok()?;
+        let (id, d) = pool.find(snap).ok()?;
+        let (exp, _) = pool.find(export).ok()?;
+        (self.allowed(snap) || d.origin == Some(exp)).then_some(id)
+    }
+
     pub fn attached(&self, id: VolumeId) -> usize {
         let a = self.attached.lock().unwrap_or_else(|e| e.into_inner());
         a.get(&id).copied().unwrap_or(0)

@@ -132,10 +132,14 @@ fn option(u: &mut Unstructured, out: &mut Vec<u8>) {
             let n = u.int_in_range(0..=3u32).unwrap_or(0);
             data.extend_from_slice(&n.to_be_bytes());
             for _ in 0..n {
-                let q: &[u8] = match u.int_in_range(0..=3u8).unwrap_or(0) {
+                let q: &[u8] = match u.int_in_range(0..=7u8).unwrap_or(0) {
                     0 => b"base:allocation",
                     1 => b"base:",
                     2 => b"qemu:dirty-bitmap:x",
+                    3 => b"thinpool:",
+                    4 => b"thinpool:changed:",
+                    5 => b"thinpool:changed:v",
+                    6 => b"thinpool:changed:r",
                     _ => b"",
                 };
                 data.extend_from_slice(&(q.len() as u32).to_be_bytes());
@@ -290,7 +294,8 @@ fn check_negotiation<'a>(
     };
     let no_zeroes = flags & FLAG_C_NO_ZEROES != 0;
     let mut structured = false;
-    let mut context: Option<String> = None;
+    // What the last SET selected: the export, and whether base:allocation was among it.
+    let mut context: Option<(String, bool)> = None;
     for o in &opts {
         if o.opt == OPT_EXPORT_NAME {
             let Some((name, size, ro)) = std::str::from_utf8(&o.data)
@@ -309,7 +314,7 @@ fn check_negotiation<'a>(
             assert_eq!(be64(&info[..8]), size);
             let tf = be16(&info[8..10]);
             assert_eq!(tf & TF_READ_ONLY != 0, ro || read_only);
-            let ctx = structured && context.as_deref() == Some(name);
+            let ctx = structured && context == Some((name.to_string(), true));
             return (r, Some((name.to_string(), structured, ctx)));
         }
         // Every reply up to and including the final one is for this option.
@@ -369,7 +374,7 @@ fn check_negotiation<'a>(
                             let tf = be16(&ex.payload[10..12]);
                             assert_eq!(tf & TF_READ_ONLY != 0, ro || read_only);
                             if o.opt == OPT_GO {
-                                let ctx = structured && context.as_deref() == Some(n);
+                                let ctx = structured && context == Some((n.to_string(), true));
                                 return (r, Some((n.to_string(), structured, ctx)));
                             }
                         }
@@ -386,15 +391,34 @@ fn check_negotiation<'a>(
                     }
                     Some((name, qs)) => {
                         assert_eq!(fin.kind, REP_ACK);
-                        let matches = if set {
+                        let alloc = if set {
                             qs.iter().any(|q| q == "base:allocation")
                         } else {
                             qs.is_empty()
                                 || qs.iter().any(|q| q == "base:allocation" || q == "base:")
                         };
-                        assert_eq!(infos.len(), matches as usize, "meta context replies");
+                        // LIST offers the thinpool:changed:* pattern; every query naming a
+                        // volume (all are exported here) is granted, each once.
+                        let pattern = !set
+                            && (qs.is_empty()
+                                || qs
+                                    .iter()
+                                    .any(|q| q == "thinpool:" || q == "thinpool:changed:"));
+                        let mut granted: Vec<&str> = Vec::new();
+                        for q in &qs {
+                            if let Some(v) = q.strip_prefix("thinpool:changed:") {
+                                if export_of(v).is_some() && !granted.contains(&v) {
+                                    granted.push(v);
+                                }
+                            }
+                        }
+                        assert_eq!(
+                            infos.len(),
+                            alloc as usize + pattern as usize + granted.len(),
+                            "meta context replies"
+                        );
                         if set {
-                            context = matches.then_some(name);
+                            context = (alloc || !granted.is_empty()).then_some((name, alloc));
                         }
                     }
                 }
