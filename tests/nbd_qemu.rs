@@ -421,3 +421,43 @@ fn changed_blocks_context_negotiation_and_replies() {
     assert_eq!(seen, (1..=9).collect::<Vec<u32>>());
     srv.stop().unwrap();
 }
+
+/// NBD_CMD_CACHE and NBD_CMD_FLAG_FAST_ZERO: both advertised (and seen by nbdinfo); a fast
+/// zero that may unmap succeeds, one with NO_HOLE (which writes the zeros) fails at once with
+/// ENOTSUP and changes nothing; CACHE answers success in range and EINVAL outside.
+#[test]
+fn cache_and_fast_zero() {
+    use nbd_util::raw::*;
+    if !have_tools(&["nbdinfo"]) {
+        return;
+    }
+    let t = make_pool(&[("vol", 4 * MIB)], 64 << 10);
+    let srv = Server::start(&pool_dir(&t));
+    let o = run(Command::new("nbdinfo").args(["--json", &srv.uri("vol")]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &v["exports"][0];
+    assert_eq!(e["can_cache"].as_bool(), Some(true), "{v}");
+    assert_eq!(e["can_fast_zero"].as_bool(), Some(true), "{v}");
+
+    let mut c = Raw::attach(&srv.socket, "vol", false);
+    assert_ne!(c.flags & (1 << 10), 0, "SEND_CACHE");
+    assert_ne!(c.flags & (1 << 11), 0, "SEND_FAST_ZERO");
+    let data = vec![0x77u8; 256 << 10];
+    assert_eq!(c.write(1, 0, &data), 0);
+    const WRITE_ZEROES: u16 = 6;
+    const CACHE: u16 = 5;
+    const NO_HOLE: u16 = 1 << 1;
+    const FAST_ZERO: u16 = 1 << 4;
+    c.request(NO_HOLE | FAST_ZERO, WRITE_ZEROES, 2, 0, 64 << 10, &[]);
+    assert_eq!(c.simple(), (95, 2), "ENOTSUP");
+    assert_eq!(c.read(3, 0, 64 << 10).unwrap(), data[..64 << 10]);
+    c.request(FAST_ZERO, WRITE_ZEROES, 4, 0, 128 << 10, &[]);
+    assert_eq!(c.simple(), (0, 4));
+    assert_eq!(c.read(5, 0, 128 << 10).unwrap(), vec![0u8; 128 << 10]);
+    assert_eq!(c.read(6, 128 << 10, 128 << 10).unwrap(), data[128 << 10..]);
+    c.request(0, CACHE, 7, 0, (4 * MIB) as u32, &[]);
+    assert_eq!(c.simple(), (0, 7));
+    c.request(0, CACHE, 8, 4 * MIB, 1, &[]);
+    assert_eq!(c.simple(), (22, 8), "EINVAL past the end");
+    srv.stop().unwrap();
+}

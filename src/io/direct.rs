@@ -75,6 +75,9 @@ macro_rules! block_dev_via_raw_io {
                 $crate::io::direct::RawIo::core(self).allocate(offset, len)
             }
 
+            fn will_need(&self, offset: u64, len: u64) -> std::io::Result<()> {
+                $crate::io::direct::RawIo::core(self).will_need(offset, len)
+            }
             fn start_writeback(&self, offset: u64, len: u64) -> std::io::Result<()> {
                 $crate::io::direct::RawIo::core(self).start_writeback(offset, len)
             }

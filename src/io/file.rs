@@ -209,6 +209,29 @@ impl FileCore {
         Ok(())
     }
 
+    /// See `BlockDev::will_need`: `posix_fadvise(POSIX_FADV_WILLNEED)`.
+    pub(crate) fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 || self.is_direct() {
+            return Ok(());
+        }
+        let (off, n) = match (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) {
+            (Ok(o), Ok(n)) => (o, n),
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the fd is owned by
+        // `self.file` and open for the call.
+        let rc = unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), off, n, libc::POSIX_FADV_WILLNEED)
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    }
+
     /// See `BlockDev::start_writeback`: `sync_file_range(SYNC_FILE_RANGE_WRITE)`.
     pub(crate) fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 || self.is_direct() {

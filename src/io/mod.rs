@@ -100,6 +100,12 @@ pub trait BlockDev: Send + Sync {
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Tell the device `[offset, offset+len)` will be read soon, so it can start reading it
+    /// into the page cache (`posix_fadvise(POSIX_FADV_WILLNEED)`; NBD_CMD_CACHE). Advisory:
+    /// the default, and an O_DIRECT file (no page cache to fill), does nothing.
+    fn will_need(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Ensure the device is at least `len` bytes long (files grow sparsely).
     fn ensure_len(&self, len: u64) -> io::Result<()>;
 }

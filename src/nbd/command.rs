@@ -57,8 +57,21 @@ pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &
         CMD_TRIM => pool.discard(e.id, off, len),
         CMD_WRITE_ZEROES => {
             let may_unmap = req.flags & CMD_FLAG_NO_HOLE == 0;
+            if !may_unmap && req.flags & CMD_FLAG_FAST_ZERO != 0 {
+                // NO_HOLE writes the zeros: no faster than a write, so say so at once (the
+                // client then writes them itself, or skips them).
+                return error_reply(
+                    sess,
+                    h,
+                    ENOTSUP,
+                    "WRITE_ZEROES with NO_HOLE writes zeros: not fast",
+                );
+            }
+            // Without NO_HOLE whole blocks are unmapped (a metadata change) and only the
+            // partly covered first and last blocks are written: fast either way.
             pool.write_zeroes(e.id, off, len, may_unmap)
         }
+        CMD_CACHE => pool.will_need(e.id, off, len, STATUS_LIMIT),
         _ => Ok(()), // FLUSH: the commit below
     };
     // FLUSH and FUA are acknowledged only once the commit protocol made the data durable.
@@ -82,7 +95,8 @@ pub(super) fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
     let allowed = match req.kind {
         CMD_READ if sess.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
         CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
-        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+        CMD_CACHE => 0,
         CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
         k => {
             return Some(error_reply(

@@ -44,11 +44,11 @@ impl Session {
 
 /// Transmission flags for an export.
 pub fn transmission_flags(export: &Export, structured: bool) -> u16 {
-    let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN;
+    let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN | TF_SEND_CACHE;
     if export.read_only {
         f |= TF_READ_ONLY;
     } else {
-        f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
+        f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO;
     }
     if structured {
         f |= TF_SEND_DF;

@@ -138,6 +138,42 @@ impl SharedPool {
         self.block_size
     }
 
+    /// Volume `id`'s `[offset, offset+len)` will be read soon: ask the data device to read
+    /// ahead the blocks it maps there (at most `limit` mappings; unmapped blocks read as
+    /// zeros without I/O). Advisory: nothing changes, and a device that cannot gains
+    /// nothing (NBD_CMD_CACHE).
+    pub fn will_need(&self, id: VolumeId, offset: u64, len: u64, limit: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let bs = self.block_size;
+        let (maps, data) = {
+            let mut pool = self.lock()?;
+            let maps = pool.mappings(id, offset / bs, (offset + len - 1) / bs + 1, limit)?;
+            (maps, pool.data.clone())
+        };
+        // Runs of consecutive data blocks, one advice each.
+        let mut run: Option<(u64, u64)> = None;
+        let advise = |r: (u64, u64)| {
+            // Advice that fails (a device without a page cache) changes nothing either.
+            let _ = data.will_need(r.0 * bs, r.1 * bs);
+        };
+        for (_, pb) in maps {
+            run = match run {
+                Some((start, n)) if start + n == pb => Some((start, n + 1)),
+                Some(r) => {
+                    advise(r);
+                    Some((pb, 1))
+                }
+                None => Some((pb, 1)),
+            };
+        }
+        if let Some(r) = run {
+            advise(r);
+        }
+        Ok(())
+    }
+
     /// Short metadata access (lookups); data requests may be in flight meanwhile.
     pub fn lock(&self) -> Result<MutexGuard<'_, Pool>> {
         self.meta.lock().map_err(|_| PoolError::Poisoned)

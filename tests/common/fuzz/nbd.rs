@@ -508,7 +508,7 @@ fn request(u: &mut Unstructured, size: u64) -> Req {
         CMD_TRIM,
         CMD_WRITE_ZEROES,
         CMD_BLOCK_STATUS,
-        5,
+        CMD_CACHE,
     ];
     let kind = if u.ratio(1, 32u8).unwrap_or(false) {
         u.arbitrary().unwrap_or(0)
@@ -518,8 +518,9 @@ fn request(u: &mut Unstructured, size: u64) -> Req {
     let flags = match u.int_in_range(0..=7u8).unwrap_or(0) {
         0..=3 => 0,
         4 => CMD_FLAG_FUA,
-        5 => 1 << u.int_in_range(0..=3u32).unwrap_or(0),
+        5 => 1 << u.int_in_range(0..=4u32).unwrap_or(0),
         6 => CMD_FLAG_DF | CMD_FLAG_REQ_ONE,
+        7 if u.ratio(1, 2u8).unwrap_or(false) => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
         _ => u.arbitrary().unwrap_or(0),
     };
     let offset = match u.int_in_range(0..=7u8).unwrap_or(0) {
@@ -575,8 +576,9 @@ fn allowed_errors(r: &Req, structured: bool, ctx: bool, ro: bool, size: u64) -> 
     let allowed = match r.kind {
         CMD_READ if structured => CMD_FLAG_FUA | CMD_FLAG_DF,
         CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
-        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
         CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+        CMD_CACHE => 0,
         _ => return vec![EINVAL],
     };
     if r.flags & !allowed != 0 {
@@ -602,6 +604,11 @@ fn allowed_errors(r: &Req, structured: bool, ctx: bool, ro: bool, size: u64) -> 
     }
     if r.kind == CMD_BLOCK_STATUS && (!ctx || r.length == 0) {
         errs.push(EINVAL);
+    }
+    // Zeroing that must keep the space (writes the zeros) is not fast.
+    let fast_no_hole = CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO;
+    if r.kind == CMD_WRITE_ZEROES && r.flags & fast_no_hole == fast_no_hole {
+        errs.push(ENOTSUP);
     }
     errs
 }
