@@ -214,13 +214,7 @@ impl FileCore {
         if len == 0 || self.is_direct() {
             return Ok(());
         }
-        let (off, n) = match (
-            libc::off64_t::try_from(offset),
-            libc::off64_t::try_from(len),
-        ) {
-            (Ok(o), Ok(n)) => (o, n),
-            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
+        let (off, n) = file_range(offset, len)?;
         // SAFETY: posix_fadvise only reads its integer arguments; the fd is owned by
         // `self.file` and open for the call.
         let rc = unsafe {
@@ -237,13 +231,7 @@ impl FileCore {
         if len == 0 || self.is_direct() {
             return Ok(());
         }
-        let (off, n) = match (
-            libc::off64_t::try_from(offset),
-            libc::off64_t::try_from(len),
-        ) {
-            (Ok(o), Ok(n)) => (o, n),
-            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
+        let (off, n) = file_range(offset, len)?;
         // SAFETY: sync_file_range only reads its integer arguments; the fd is owned by
         // `self.file` and open for the call.
         let rc = unsafe {
@@ -393,6 +381,17 @@ impl RawIo for FileDev {
 }
 
 direct::block_dev_via_raw_io!(FileDev);
+
+/// A byte range as the `off64_t` pair the range system calls take (EINVAL past their reach).
+fn file_range(offset: u64, len: u64) -> io::Result<(libc::off64_t, libc::off64_t)> {
+    match (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) {
+        (Ok(o), Ok(n)) => Ok((o, n)),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
 
 #[cfg(test)]
 mod tests {
