@@ -1,4 +1,4 @@
-//! Progress bars (check, export, dump, restore, repair, crashtest): drawn on a terminal (a pty from `script`),
+//! Progress bars (check, export, diff, dump, restore, repair, crashtest): drawn on a terminal (a pty from `script`),
 //! never with `--json` or when stdout or stderr is not a terminal.
 
 mod common;
@@ -52,6 +52,12 @@ fn check_and_export_draw_bars_on_a_terminal_only() {
         "{drawn:?}"
     );
     std::fs::remove_file(&image).unwrap();
+    tp.run(&["snapshot", "{}", "v", "s"]).ok();
+    tp.run(&["write", "{}", "v", &f, "--offset", "4M"]).ok();
+    let drawn = on_tty(&["diff", &pool, "s", "v"]);
+    assert!(drawn.contains("diff ["), "{drawn:?}");
+    let drawn = on_tty(&["diff", &pool, "s", "v", "--json"]);
+    assert!(!drawn.contains("diff ["), "{drawn:?}");
     let xml = tp.tmp.path().join("pool.xml");
     let x = xml.to_str().unwrap();
     let drawn = on_tty(&["dump", &pool, "--output", x]);

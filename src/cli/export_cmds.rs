@@ -178,10 +178,13 @@ pub fn import(a: &ImportArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) 
     Ok(())
 }
 
-pub fn diff(a: &DiffArgs, pool: &mut Pool, out: &mut dyn Write) -> Result<()> {
+pub fn diff(a: &DiffArgs, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> Result<()> {
     let (fid, _) = pool.find(&a.from)?;
     let (tid, _) = pool.find(&a.to)?;
-    let (ranges, stats) = export::diff_volumes(pool, fid, tid)?;
+    let bar = Bar::new(mode, a.json, "diff");
+    let found = export::diff_volumes_with_progress(pool, fid, tid, &bar);
+    bar.finish();
+    let (ranges, stats) = found?;
     let total = |k: DiffKind| -> u64 {
         ranges
             .iter()

@@ -270,7 +270,7 @@ fn execute(cmd: &Command, pool: &mut Pool, out: &mut dyn Write, mode: Mode) -> R
         Command::Discard(a) => io_cmds::discard(a, pool, out),
         Command::Export(a) => export_cmds::export(a, pool, out, mode),
         Command::Import(a) => export_cmds::import(a, pool, out, mode),
-        Command::Diff(a) => export_cmds::diff(a, pool, out),
+        Command::Diff(a) => export_cmds::diff(a, pool, out, mode),
         Command::ExportDiff(a) => export_cmds::export_diff(a, pool, out, mode),
         Command::ImportDiff(a) => export_cmds::import_diff(a, pool, out, mode),
         Command::Sync(a) => sync_cmd::sync(a, pool, out, mode),

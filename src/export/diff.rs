@@ -295,14 +295,29 @@ pub fn diff_volumes(
     from: VolumeId,
     to: VolumeId,
 ) -> Result<(Vec<DiffRange>, DiffStats)> {
+    diff_volumes_with_progress(pool, from, to, &crate::progress::NoProgress)
+}
+
+/// [`diff_volumes`], reporting on `progress` how far into the volumes (bytes) the walk is.
+pub fn diff_volumes_with_progress(
+    pool: &mut Pool,
+    from: VolumeId,
+    to: VolumeId,
+    progress: &dyn crate::progress::Progress,
+) -> Result<(Vec<DiffRange>, DiffStats)> {
     let bs = pool.block_size();
     let end = pool.details(from)?.size.max(pool.details(to)?.size);
+    progress.set_total(end);
+    let mut done = 0;
     let mut out: Vec<DiffRange> = Vec::new();
     let stats = diff_blocks(pool, from, to, &mut |d| {
         let off = d.vb * bs;
         if off >= end {
             return Ok(());
         }
+        let reached = (off + bs).min(end);
+        progress.inc(reached.saturating_sub(done));
+        done = done.max(reached);
         let len = bs.min(end - off);
         match out.last_mut() {
             Some(r) if r.kind == d.kind && r.offset + r.length == off => r.length += len,
@@ -314,5 +329,6 @@ pub fn diff_volumes(
         }
         Ok(())
     })?;
+    progress.inc(end.saturating_sub(done));
     Ok((out, stats))
 }

@@ -15,7 +15,7 @@ pub mod diff;
 pub mod raw;
 pub mod rbd;
 
-pub use diff::{diff_volumes, DiffKind, DiffRange, DiffStats};
+pub use diff::{diff_volumes, diff_volumes_with_progress, DiffKind, DiffRange, DiffStats};
 pub use raw::{export_raw, import_raw, ImportSource, RawSink};
 pub use rbd::{export_diff, import_diff, ImportDiffOptions, ImportDiffReport};
 
