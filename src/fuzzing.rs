@@ -63,6 +63,7 @@ impl NbdServer {
         let sess = Session {
             export,
             structured,
+            extended: false,
             allocation_context,
             changed: Vec::new(),
         };

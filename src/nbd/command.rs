@@ -15,24 +15,31 @@ pub(super) const STREAM_PIECE: usize = 1 << 20;
 const STATUS_LIMIT: usize = 65536;
 
 /// An error reply in whichever form the session uses.
-pub(super) fn error_reply(sess: &Session, handle: u64, error: u32, msg: &str) -> Vec<u8> {
+pub(super) fn error_reply(sess: &Session, to: ChunkTo, error: u32, msg: &str) -> Vec<u8> {
     if sess.structured {
-        error_chunk(handle, error, msg)
+        error_chunk(to, error, msg)
     } else {
         let mut out = vec![0u8; SIMPLE_REPLY_SIZE];
-        simple_reply(&mut out, error, handle);
+        simple_reply(&mut out, error, to.handle);
         out
     }
 }
 
-fn ok_reply(handle: u64) -> Vec<u8> {
-    let mut out = vec![0u8; SIMPLE_REPLY_SIZE];
-    simple_reply(&mut out, 0, handle);
+/// Success without data: a simple reply, or (extended headers never use simple replies)
+/// a final NONE chunk.
+fn ok_reply(sess: &Session, to: ChunkTo) -> Vec<u8> {
+    let mut out = Vec::new();
+    if sess.extended {
+        push_chunk(&mut out, to, REPLY_FLAG_DONE, REPLY_TYPE_NONE, &[]);
+    } else {
+        out.resize(SIMPLE_REPLY_SIZE, 0);
+        simple_reply(&mut out, 0, to.handle);
+    }
     out
 }
 
-fn pool_error(sess: &Session, handle: u64, e: &PoolError) -> Vec<u8> {
-    error_reply(sess, handle, nbd_errno(e.errno()), &e.to_string())
+fn pool_error(sess: &Session, to: ChunkTo, e: &PoolError) -> Vec<u8> {
+    error_reply(sess, to, nbd_errno(e.errno()), &e.to_string())
 }
 
 /// Validate and run one request; returns the complete reply.
@@ -40,12 +47,12 @@ pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &
     if let Some(refusal) = invalid(sess, req) {
         return refusal;
     }
-    let h = req.handle;
+    let h = sess.to(req);
     let e = &sess.export;
     let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
     let pool = shared.pool();
     let fua = req.flags & CMD_FLAG_FUA != 0;
-    let (off, len) = (req.offset, req.length as u64);
+    let (off, len) = (req.offset, req.length);
     let res = match req.kind {
         // Built whole: with no sink, `read` never fails.
         CMD_READ => {
@@ -83,14 +90,14 @@ pub(crate) fn execute(shared: &Shared, sess: &Session, req: &Request, payload: &
         }
     });
     match res {
-        Ok(()) => ok_reply(h),
+        Ok(()) => ok_reply(sess, h),
         Err(err) => pool_error(sess, h, &err),
     }
 }
 
 /// The error reply a request gets before it touches the pool, if it is not valid.
 pub(super) fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
-    let h = req.handle;
+    let h = sess.to(req);
     let e = &sess.export;
     let allowed = match req.kind {
         CMD_READ if sess.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
@@ -122,7 +129,7 @@ pub(super) fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
     if req.kind != CMD_FLUSH {
         let in_range = req
             .offset
-            .checked_add(req.length as u64)
+            .checked_add(req.length)
             .is_some_and(|end| end <= e.size);
         if !in_range {
             let msg = format!(
@@ -138,7 +145,7 @@ pub(super) fn invalid(sess: &Session, req: &Request) -> Option<Vec<u8>> {
             return Some(error_reply(sess, h, code, &msg));
         }
     }
-    if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
+    if req.kind == CMD_READ && req.length > MAX_PAYLOAD as u64 {
         let msg = format!("read of {} bytes exceeds the 32 MiB maximum", req.length);
         return Some(error_reply(sess, h, EINVAL, &msg));
     }
@@ -175,7 +182,7 @@ pub(super) fn read(
     req: &Request,
     mut sink: Sink,
 ) -> io::Result<Vec<u8>> {
-    let (h, id, off, len) = (req.handle, sess.export.id, req.offset, req.length as u64);
+    let (h, id, off, len) = (sess.to(req), sess.export.id, req.offset, req.length);
     // Runs of mapped (data) and unmapped (hole) bytes; one data run when holes cannot be
     // told (simple replies) or DF forbids them.
     let fragment = sess.structured && req.flags & CMD_FLAG_DF == 0;
@@ -194,9 +201,9 @@ pub(super) fn read(
     let mut sent = false;
     if !sess.structured {
         out.resize(SIMPLE_REPLY_SIZE, 0);
-        simple_reply(&mut out, 0, h);
+        simple_reply(&mut out, 0, h.handle);
     } else if runs.is_empty() {
-        push_chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, h, &[]);
+        push_chunk(&mut out, h, REPLY_FLAG_DONE, REPLY_TYPE_NONE, &[]);
     }
     for (i, &(start, end, data)) in runs.iter().enumerate() {
         let last_run = i + 1 == runs.len();
@@ -205,7 +212,7 @@ pub(super) fn read(
             p[..8].copy_from_slice(&start.to_be_bytes());
             p[8..].copy_from_slice(&((end - start) as u32).to_be_bytes());
             let flags = if last_run { REPLY_FLAG_DONE } else { 0 };
-            push_chunk(&mut out, flags, REPLY_TYPE_OFFSET_HOLE, h, &p);
+            push_chunk(&mut out, h, flags, REPLY_TYPE_OFFSET_HOLE, &p);
             continue;
         }
         let mut pos = start;
@@ -221,16 +228,14 @@ pub(super) fn read(
                 } else {
                     0
                 };
-                let mut hdr = [0u8; CHUNK_HEADER_SIZE + 8];
                 chunk_header(
-                    &mut hdr,
+                    &mut out,
+                    h,
                     flags,
                     REPLY_TYPE_OFFSET_DATA,
-                    h,
-                    8 + (chunk_end - pos) as u32,
+                    8 + (chunk_end - pos),
                 );
-                hdr[CHUNK_HEADER_SIZE..].copy_from_slice(&pos.to_be_bytes());
-                out.extend_from_slice(&hdr);
+                out.extend_from_slice(&pos.to_be_bytes());
             }
             let at = out.len();
             out.resize(at + n as usize, 0);
@@ -343,27 +348,38 @@ fn changed_runs(
 }
 
 /// One BLOCK_STATUS chunk: context `id`, descriptors from `runs` (at least one), each with
-/// `status(marked)`.
+/// `status(marked)`. With extended headers a BLOCK_STATUS_EXT chunk (a descriptor count,
+/// then 64-bit lengths and statuses); else 32-bit ones (a compact request is at most
+/// 4 GiB long, and so is every run in its reply).
 fn status_chunk(
     out: &mut Vec<u8>,
     flags: u16,
-    h: u64,
+    h: ChunkTo,
     id: u32,
     runs: &[Run],
     status: impl Fn(bool) -> u32,
 ) {
-    let mut p = Vec::with_capacity(4 + runs.len() * 8);
+    let mut p = Vec::with_capacity(8 + runs.len() * 16);
     p.extend_from_slice(&id.to_be_bytes());
+    if h.extended {
+        p.extend_from_slice(&(runs.len() as u32).to_be_bytes());
+        for &(s, e, marked) in runs {
+            p.extend_from_slice(&(e - s).to_be_bytes());
+            p.extend_from_slice(&u64::from(status(marked)).to_be_bytes());
+        }
+        push_chunk(out, h, flags, REPLY_TYPE_BLOCK_STATUS_EXT, &p);
+        return;
+    }
     for &(s, e, marked) in runs {
         p.extend_from_slice(&((e - s) as u32).to_be_bytes());
         p.extend_from_slice(&status(marked).to_be_bytes());
     }
-    push_chunk(out, flags, REPLY_TYPE_BLOCK_STATUS, h, &p);
+    push_chunk(out, h, flags, REPLY_TYPE_BLOCK_STATUS, &p);
 }
 
 fn block_status(pool: &SharedPool, sess: &Session, req: &Request) -> Vec<u8> {
-    let (h, id) = (req.handle, sess.export.id);
-    let (lo, hi) = (req.offset, req.offset + req.length as u64);
+    let (h, id) = (sess.to(req), sess.export.id);
+    let (lo, hi) = (req.offset, req.offset + req.length);
     // Every selected context gets a chunk; the last one ends the reply. Runs are never
     // empty: a walk that stops early has seen at least one block, and an empty answer
     // would be a protocol error, so the whole range is reported then (as data, and as

@@ -19,7 +19,11 @@ const MAX_SKIP: u32 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct Session {
     pub export: Export,
+    /// Structured replies (also true with extended headers, which imply them).
     pub structured: bool,
+    /// Extended headers (NBD_OPT_EXTENDED_HEADERS): 32-byte requests and reply chunks,
+    /// 64-bit lengths, never a simple reply.
+    pub extended: bool,
     /// `base:allocation` was selected for this export.
     pub allocation_context: bool,
     /// `thinpool:changed:SNAP` contexts selected for this export, in their id order.
@@ -36,6 +40,15 @@ pub struct ChangedContext {
 }
 
 impl Session {
+    /// How a reply chunk to `req` is addressed.
+    pub fn to(&self, req: &Request) -> ChunkTo {
+        ChunkTo {
+            handle: req.handle,
+            offset: req.offset,
+            extended: self.extended,
+        }
+    }
+
     /// A BLOCK_STATUS request has something to report.
     pub fn has_contexts(&self) -> bool {
         self.allocation_context || !self.changed.is_empty()
@@ -105,6 +118,7 @@ pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Opti
     let mut st = State {
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
         structured: false,
+        extended: false,
         selected: None,
     };
     loop {
@@ -134,6 +148,8 @@ pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Opti
 struct State {
     no_zeroes: bool,
     structured: bool,
+    /// NBD_OPT_EXTENDED_HEADERS was accepted (structured is then true as well).
+    extended: bool,
     /// What NBD_OPT_SET_META_CONTEXT selected: for which export, `base:allocation` or not,
     /// and the `thinpool:changed:` contexts.
     selected: Option<(String, bool, Vec<ChangedContext>)>,
@@ -168,6 +184,8 @@ impl State {
             return Ok(Next::Continue);
         }
         match opt {
+            // A client with extended headers must use NBD_OPT_GO: this one is broken.
+            OPT_EXPORT_NAME if self.extended => Ok(Next::Close),
             OPT_EXPORT_NAME => {
                 let Ok(name) = std::str::from_utf8(data) else {
                     return Ok(Next::Close);
@@ -206,6 +224,22 @@ impl State {
                 Ok(Next::Continue)
             }
             OPT_INFO | OPT_GO => self.info_or_go(s, shared, opt, data),
+            OPT_STRUCTURED_REPLY if self.extended => {
+                let msg = "extended headers are already negotiated; they take precedence";
+                reply_err(s, opt, REP_ERR_EXT_HEADER_REQD, msg)?;
+                Ok(Next::Continue)
+            }
+            OPT_EXTENDED_HEADERS => {
+                if !data.is_empty() {
+                    let msg = "NBD_OPT_EXTENDED_HEADERS takes no data";
+                    reply_err(s, opt, REP_ERR_INVALID, msg)?;
+                    return Ok(Next::Continue);
+                }
+                self.extended = true;
+                self.structured = true;
+                ack(s, opt)?;
+                Ok(Next::Continue)
+            }
             OPT_STRUCTURED_REPLY => {
                 if !data.is_empty() {
                     reply_err(
@@ -238,6 +272,7 @@ impl State {
         Session {
             export,
             structured: self.structured,
+            extended: self.extended,
             allocation_context,
             changed,
         }

@@ -9,6 +9,8 @@ pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
 pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
+pub const EXTENDED_REPLY_MAGIC: u32 = 0x6e8a_278c;
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 // Handshake flags (server) and client flags.
@@ -26,6 +28,7 @@ pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
 pub const OPT_SET_META_CONTEXT: u32 = 10;
+pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
 // Option replies.
 pub const REP_ACK: u32 = 1;
@@ -39,6 +42,7 @@ pub const REP_ERR_INVALID: u32 = REP_ERR + 3;
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR + 6;
 pub const REP_ERR_SHUTDOWN: u32 = REP_ERR + 7;
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR + 9;
+pub const REP_ERR_EXT_HEADER_REQD: u32 = REP_ERR + 10;
 
 // NBD_REP_INFO types.
 pub const INFO_EXPORT: u16 = 0;
@@ -74,6 +78,8 @@ pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 pub const CMD_FLAG_DF: u16 = 1 << 2;
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+/// Extended headers only: the request carries `length` bytes of payload.
+pub const CMD_FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 
 // Structured reply chunk types and flags.
 pub const REPLY_FLAG_DONE: u16 = 1 << 0;
@@ -81,6 +87,7 @@ pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_BLOCK_STATUS_EXT: u16 = 6;
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 // base:allocation status bits.
@@ -115,12 +122,14 @@ pub const MAX_PAYLOAD: u32 = 32 << 20;
 /// Preferred I/O size advertised in NBD_INFO_BLOCK_SIZE.
 pub const PREFERRED_BLOCK: u32 = 4096;
 
-/// Size of a transmission request header.
+/// Size of a transmission request header (compact, and with extended headers).
 pub const REQUEST_SIZE: usize = 28;
+pub const EXT_REQUEST_SIZE: usize = 32;
 /// Size of a simple reply header.
 pub const SIMPLE_REPLY_SIZE: usize = 16;
-/// Size of a structured reply chunk header.
+/// Size of a structured reply chunk header (compact, and with extended headers).
 pub const CHUNK_HEADER_SIZE: usize = 20;
+pub const EXT_CHUNK_HEADER_SIZE: usize = 32;
 
 /// Map a host errno (from `PoolError::errno`) to an NBD error value.
 pub fn nbd_errno(errno: i32) -> u32 {
@@ -144,19 +153,31 @@ pub struct Request {
     pub kind: u16,
     pub handle: u64,
     pub offset: u64,
-    pub length: u32,
+    /// Effect length (bytes of the export), or a write's payload length; 64 bits only with
+    /// extended headers.
+    pub length: u64,
 }
 
 impl Request {
-    pub fn decode(b: &[u8; REQUEST_SIZE]) -> Request {
+    /// The fields both layouts share (the first 24 bytes), with `length`.
+    fn fields(b: &[u8], length: u64) -> Request {
         Request {
             magic: be32(&b[0..4]),
             flags: be16(&b[4..6]),
             kind: be16(&b[6..8]),
             handle: be64(&b[8..16]),
             offset: be64(&b[16..24]),
-            length: be32(&b[24..28]),
+            length,
         }
+    }
+
+    pub fn decode(b: &[u8; REQUEST_SIZE]) -> Request {
+        Request::fields(b, be32(&b[24..28]) as u64)
+    }
+
+    /// An extended request header (NBD_OPT_EXTENDED_HEADERS).
+    pub fn decode_ext(b: &[u8; EXT_REQUEST_SIZE]) -> Request {
+        Request::fields(b, be64(&b[24..32]))
     }
 }
 
@@ -204,25 +225,54 @@ pub fn simple_reply(out: &mut [u8], error: u32, handle: u64) {
     out[8..16].copy_from_slice(&handle.to_be_bytes());
 }
 
-/// A structured reply chunk header, written into `out[..20]`.
-pub fn chunk_header(out: &mut [u8], flags: u16, kind: u16, handle: u64, length: u32) {
-    out[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-    out[4..6].copy_from_slice(&flags.to_be_bytes());
-    out[6..8].copy_from_slice(&kind.to_be_bytes());
-    out[8..16].copy_from_slice(&handle.to_be_bytes());
-    out[16..20].copy_from_slice(&length.to_be_bytes());
+/// Where a chunk belongs: the request's handle (cookie) and offset (echoed by extended
+/// headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkTo {
+    pub handle: u64,
+    pub offset: u64,
+    pub extended: bool,
+}
+
+impl ChunkTo {
+    /// Bytes of the chunk header.
+    pub fn header_size(&self) -> usize {
+        if self.extended {
+            EXT_CHUNK_HEADER_SIZE
+        } else {
+            CHUNK_HEADER_SIZE
+        }
+    }
+}
+
+/// A chunk header for a payload of `length` bytes appended to `out`: structured (20 bytes)
+/// or extended (32 bytes).
+pub fn chunk_header(out: &mut Vec<u8>, to: ChunkTo, flags: u16, kind: u16, length: u64) {
+    let magic = if to.extended {
+        EXTENDED_REPLY_MAGIC
+    } else {
+        STRUCTURED_REPLY_MAGIC
+    };
+    out.extend_from_slice(&magic.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&to.handle.to_be_bytes());
+    if to.extended {
+        out.extend_from_slice(&to.offset.to_be_bytes());
+        out.extend_from_slice(&length.to_be_bytes());
+    } else {
+        out.extend_from_slice(&(length as u32).to_be_bytes());
+    }
 }
 
 /// A complete chunk (header and payload) appended to `out`.
-pub fn push_chunk(out: &mut Vec<u8>, flags: u16, kind: u16, handle: u64, payload: &[u8]) {
-    let start = out.len();
-    out.resize(start + CHUNK_HEADER_SIZE, 0);
-    chunk_header(&mut out[start..], flags, kind, handle, payload.len() as u32);
+pub fn push_chunk(out: &mut Vec<u8>, to: ChunkTo, flags: u16, kind: u16, payload: &[u8]) {
+    chunk_header(out, to, flags, kind, payload.len() as u64);
     out.extend_from_slice(payload);
 }
 
 /// An NBD_REPLY_TYPE_ERROR chunk with a human-readable message, marked final.
-pub fn error_chunk(handle: u64, error: u32, msg: &str) -> Vec<u8> {
+pub fn error_chunk(to: ChunkTo, error: u32, msg: &str) -> Vec<u8> {
     // Strings in the protocol must stay under 4096 bytes; ours are short, but cut safely.
     let mut end = msg.len().min(1024);
     while !msg.is_char_boundary(end) {
@@ -234,13 +284,7 @@ pub fn error_chunk(handle: u64, error: u32, msg: &str) -> Vec<u8> {
     payload.extend_from_slice(&(msg.len() as u16).to_be_bytes());
     payload.extend_from_slice(msg);
     let mut out = Vec::new();
-    push_chunk(
-        &mut out,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_ERROR,
-        handle,
-        &payload,
-    );
+    push_chunk(&mut out, to, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, &payload);
     out
 }
 
@@ -276,7 +320,12 @@ mod tests {
 
     #[test]
     fn error_chunk_layout() {
-        let c = error_chunk(9, EINVAL, "bad");
+        let to = ChunkTo {
+            handle: 9,
+            offset: 0,
+            extended: false,
+        };
+        let c = error_chunk(to, EINVAL, "bad");
         assert_eq!(c.len(), CHUNK_HEADER_SIZE + 6 + 3);
         assert_eq!(be32(&c[0..4]), STRUCTURED_REPLY_MAGIC);
         assert_eq!(be16(&c[4..6]), REPLY_FLAG_DONE);

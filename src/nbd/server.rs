@@ -496,7 +496,7 @@ fn connection_tracked(shared: &Arc<Shared>, mut s: Stream, last: &AtomicU64) {
     }
     let id = session.export.id;
     let peer = s.peer();
-    tracing::info!(export = %session.export.name, %peer, "client attached");
+    tracing::info!(export = %session.export.name, %peer, structured = session.structured, extended_headers = session.extended, "client attached");
     let t0 = std::time::Instant::now();
     shared.attach(id);
     last.store(shared.now_ms(), Ordering::Relaxed);

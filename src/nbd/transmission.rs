@@ -315,35 +315,56 @@ fn read_requests(
     grow: &mut dyn FnMut(),
 ) {
     let mut reader = BufReader::with_capacity(128 << 10, stream);
-    loop {
-        let mut hdr = [0u8; REQUEST_SIZE];
-        if !conn.recv(&mut reader, &mut hdr, false) {
-            break;
-        }
-        conn.last.store(conn.shared.now_ms(), Ordering::Relaxed);
+    while let Some(req) = read_header(conn, sess, &mut reader) {
         let arrived = Instant::now();
-        let req = Request::decode(&hdr);
-        if req.magic != REQUEST_MAGIC || req.kind == CMD_DISC {
+        if req.kind == CMD_DISC {
             break;
         }
-        if req.kind == CMD_WRITE && req.length > MAX_PAYLOAD {
-            // Skip the payload to stay in sync, then refuse the request.
-            if !conn.discard(&mut reader, req.length as u64) {
-                break;
+        // With extended headers another command's payload is announced by a flag; a write
+        // always carries `length` bytes, flag or not (the extension's text asks writers to
+        // set it, but qemu 10 and libnbd do not, and a write means the same either way).
+        // A payload nothing expects is skipped, to stay in sync, then refused.
+        let payload_flag = sess.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0;
+        let refusal = match payload_flag {
+            true if req.length > MAX_PAYLOAD as u64 => break, // the extension: hang up
+            true if req.kind != CMD_WRITE => {
+                if !conn.discard(&mut reader, req.length) {
+                    break;
+                }
+                Some(format!("command {} takes no payload", req.kind))
             }
-            let msg = format!("write of {} bytes exceeds the 32 MiB maximum", req.length);
+            _ if req.kind == CMD_WRITE && req.length > MAX_PAYLOAD as u64 => {
+                if !conn.discard(&mut reader, req.length) {
+                    break;
+                }
+                Some(format!(
+                    "write of {} bytes exceeds the 32 MiB maximum",
+                    req.length
+                ))
+            }
+            _ => None,
+        };
+        if let Some(msg) = refusal {
+            tracing::debug!(
+                kind = req.kind,
+                flags = req.flags,
+                length = req.length,
+                "refused: {msg}"
+            );
             if conn
-                .send(&error_reply(sess, req.handle, EINVAL, &msg))
+                .send(&error_reply(sess, sess.to(&req), EINVAL, &msg))
                 .is_err()
             {
                 break;
             }
             continue;
         }
+        let mut req = req;
+        req.flags &= !CMD_FLAG_PAYLOAD_LEN;
         // A write's payload is budgeted here, before it is allocated; read buffers by the
         // worker that allocates them.
         let cost = match req.kind {
-            CMD_WRITE => (req.length as u64).max(1),
+            CMD_WRITE => req.length.max(1),
             _ => 0,
         };
         if cost > 0 && !conn.acquire(cost) {
@@ -374,6 +395,26 @@ fn read_requests(
     }
 }
 
+/// The next request header, compact or extended as negotiated; `None` at the end of the
+/// stream or on a bad magic (framing is lost: hard disconnect).
+fn read_header(conn: &Conn, sess: &Session, reader: &mut impl Read) -> Option<Request> {
+    let req = if sess.extended {
+        let mut hdr = [0u8; EXT_REQUEST_SIZE];
+        if !conn.recv(reader, &mut hdr, false) {
+            return None;
+        }
+        Some(Request::decode_ext(&hdr)).filter(|r| r.magic == EXTENDED_REQUEST_MAGIC)
+    } else {
+        let mut hdr = [0u8; REQUEST_SIZE];
+        if !conn.recv(reader, &mut hdr, false) {
+            return None;
+        }
+        Some(Request::decode(&hdr)).filter(|r| r.magic == REQUEST_MAGIC)
+    };
+    conn.last.store(conn.shared.now_ms(), Ordering::Relaxed);
+    req
+}
+
 fn worker(conn: &Conn, sess: &Session, rx: &Receiver<Job>) {
     while let Ok(job) = rx.recv() {
         let cost = job.cost;
@@ -399,7 +440,7 @@ fn respond(conn: &Conn, sess: &Session, job: Job) {
         return;
     }
     let cost = match req.kind {
-        CMD_READ => (req.length as u64).min(STREAM_PIECE as u64).max(1),
+        CMD_READ => req.length.min(STREAM_PIECE as u64).max(1),
         _ => 0,
     };
     if cost > 0 && !conn.acquire(cost) {
@@ -418,7 +459,9 @@ fn respond(conn: &Conn, sess: &Session, job: Job) {
         let out = catch_unwind(AssertUnwindSafe(|| {
             execute(conn.shared, sess, &req, &job.payload)
         }))
-        .unwrap_or_else(|_| error_reply(sess, req.handle, EIO, "internal error in thinpool serve"));
+        .unwrap_or_else(|_| {
+            error_reply(sess, sess.to(&req), EIO, "internal error in thinpool serve")
+        });
         drop(job.payload);
         let _ = conn.send(&out);
     }
@@ -439,7 +482,7 @@ fn respond(conn: &Conn, sess: &Session, job: Job) {
         let bytes = if matches!(op, Op::Flush) {
             0
         } else {
-            req.length as u64
+            req.length
         };
         conn.stats.record(op, bytes, job.arrived.elapsed());
     }

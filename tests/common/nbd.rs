@@ -302,12 +302,57 @@ pub mod raw {
             len: u32,
             payload: &[u8],
         ) {
-            let mut b = REQ_MAGIC.to_be_bytes().to_vec();
-            b.extend_from_slice(&flags.to_be_bytes());
-            b.extend_from_slice(&kind.to_be_bytes());
-            b.extend_from_slice(&handle.to_be_bytes());
+            self.send_request(
+                REQ_MAGIC,
+                flags,
+                kind,
+                handle,
+                off,
+                &len.to_be_bytes(),
+                payload,
+            );
+        }
+        /// The same as an extended request (after NBD_OPT_EXTENDED_HEADERS): 64-bit length.
+        pub fn ext_request(
+            &mut self,
+            flags: u16,
+            kind: u16,
+            handle: u64,
+            off: u64,
+            len: u64,
+            payload: &[u8],
+        ) {
+            self.send_request(
+                0x21e4_1c71,
+                flags,
+                kind,
+                handle,
+                off,
+                &len.to_be_bytes(),
+                payload,
+            );
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn send_request(
+            &mut self,
+            magic: u32,
+            flags: u16,
+            kind: u16,
+            handle: u64,
+            off: u64,
+            len: &[u8],
+            payload: &[u8],
+        ) {
+            let mut b = magic.to_be_bytes().to_vec();
+            for field in [
+                &flags.to_be_bytes()[..],
+                &kind.to_be_bytes(),
+                &handle.to_be_bytes(),
+            ] {
+                b.extend_from_slice(field);
+            }
             b.extend_from_slice(&off.to_be_bytes());
-            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(len);
             b.extend_from_slice(payload);
             self.send(&b);
         }

@@ -99,7 +99,7 @@ fn name_payload(u: &mut Unstructured, out: &mut Vec<u8>) {
 
 /// One option, mostly well-formed.
 fn option(u: &mut Unstructured, out: &mut Vec<u8>) {
-    const OPTS: [u32; 10] = [
+    const OPTS: [u32; 11] = [
         OPT_EXPORT_NAME,
         OPT_ABORT,
         OPT_LIST,
@@ -108,6 +108,7 @@ fn option(u: &mut Unstructured, out: &mut Vec<u8>) {
         OPT_STRUCTURED_REPLY,
         OPT_LIST_META_CONTEXT,
         OPT_SET_META_CONTEXT,
+        OPT_EXTENDED_HEADERS,
         4,
         0x7777,
     ];
@@ -296,7 +297,15 @@ fn check_negotiation<'a>(
     let mut structured = false;
     // What the last SET selected: the export, and whether base:allocation was among it.
     let mut context: Option<(String, bool)> = None;
+    let mut extended = false;
     for o in &opts {
+        if o.opt == OPT_EXPORT_NAME && extended {
+            assert!(
+                r.is_empty(),
+                "NBD_OPT_EXPORT_NAME after extended headers must close"
+            );
+            return (r, None);
+        }
         if o.opt == OPT_EXPORT_NAME {
             let Some((name, size, ro)) = std::str::from_utf8(&o.data)
                 .ok()
@@ -350,10 +359,23 @@ fn check_negotiation<'a>(
                     assert_eq!(fin.kind, REP_ERR_INVALID);
                 }
             }
+            OPT_STRUCTURED_REPLY if extended => assert_eq!(fin.kind, REP_ERR_EXT_HEADER_REQD),
             OPT_STRUCTURED_REPLY => {
                 if o.data.is_empty() {
                     assert_eq!(fin.kind, REP_ACK);
                     structured = true;
+                } else {
+                    assert_eq!(fin.kind, REP_ERR_INVALID);
+                }
+            }
+            // Extended headers imply structured replies. (The connection target sends
+            // compact requests only after its own plain negotiation, which never asks
+            // for them, so transmission checks stay compact.)
+            OPT_EXTENDED_HEADERS => {
+                if o.data.is_empty() {
+                    assert_eq!(fin.kind, REP_ACK);
+                    structured = true;
+                    extended = true;
                 } else {
                     assert_eq!(fin.kind, REP_ERR_INVALID);
                 }
