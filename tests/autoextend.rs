@@ -4,42 +4,11 @@
 //! back, and `check` is clean.
 
 mod common;
+use common::serve;
 use common::tools::have_tools;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn serve(dir: &Path, args: &[&str], log: &Path) -> Child {
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(dir.join("control.sock")).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn stop(mut child: Child) {
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let st = child.wait().unwrap();
-    assert!(st.success(), "serve exited with {st}");
-}
+use std::process::Command;
 
 /// `qemu-io` commands against export `v`; true when every one succeeded.
 fn qemu_io(dir: &Path, cmds: &[String]) -> (bool, String) {
@@ -112,11 +81,12 @@ fn a_64m_pool_autoextends_under_200m_of_writes() {
         "--autoextend-by",
         "50%",
     ];
-    let srv = serve(&tp.dir, &args, &log);
+    let srv = serve::spawn(&tp.dir, &args, &[], Some(&log));
     let (done, text) = fill(&tp.dir, 200 * MIB);
     assert_eq!(done, 25, "a write failed: {text}");
     verify(&tp.dir, done);
-    stop(srv);
+    let st = serve::sigterm(srv);
+    assert!(st.success(), "serve exited with {st}");
     let total = data_total(&tp.dir);
     eprintln!("capacity after 200 MiB of writes: {total} bytes");
     assert!(total >= 200 * MIB, "capacity {total}");
@@ -171,10 +141,11 @@ fn autoextend_stops_where_the_filesystem_ends_and_the_pool_stays_whole() {
     .ok();
     thinpool(&["create", p, "v", "--size", "256M"]).ok();
     let log = tmp.path().join("serve.log");
-    let srv = serve(
+    let srv = serve::spawn(
         &pool,
         &["--autoextend-at", "80%", "--autoextend-by", "50%"],
-        &log,
+        &[],
+        Some(&log),
     );
     let (done, text) = fill(&pool, 200 * MIB);
     assert!(done < 25, "200 MiB fit in an 80 MiB tmpfs?");
@@ -185,7 +156,8 @@ fn autoextend_stops_where_the_filesystem_ends_and_the_pool_stays_whole() {
     );
     // Everything acknowledged is there, and the server still serves.
     verify(&pool, done);
-    stop(srv);
+    let st = serve::sigterm(srv);
+    assert!(st.success(), "serve exited with {st}");
     let log = std::fs::read_to_string(&log).unwrap();
     eprintln!("{done} chunks of 8 MiB acknowledged before ENOSPC; server log:\n{log}");
     assert!(log.contains("autoextended"), "{log}");

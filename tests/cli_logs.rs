@@ -3,48 +3,12 @@
 //! read; other commands stay silent on stderr unless asked.
 
 mod common;
+use common::serve;
 use common::tools::have_tools;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Start `thinpool serve DIR ARGS` with `env`, its stderr to a file.
-fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
-    let mut c = Command::new(BIN);
-    c.arg("serve").arg(dir).args(args).env_remove("RUST_LOG");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let child = c
-        .stderr(std::fs::File::create(log).unwrap())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(dir.join("control.sock")).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn stop(mut child: Child) {
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::process::Command;
 
 /// A client session that writes 1 MiB at `mib` MiB and flushes (a commit: the blocks are
 /// new).
@@ -71,15 +35,15 @@ fn serve_logs_connections_and_commits_as_json_lines() {
     tp.run(&["create", "{}", "v", "--size", "16M"]).ok();
     let log = tp.tmp.path().join("serve.log");
     let dir = tp.dir.clone();
-    let srv = serve(
+    let srv = serve::spawn(
         &dir,
         &["--log-format", "json"],
         &[("RUST_LOG", "debug")],
-        &log,
+        Some(&log),
     );
     tp.run(&["snapshot", "{}", "v", "s1"]).ok();
     client_writes(&dir, 1);
-    stop(srv);
+    serve::sigterm(srv);
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<Value> = text
         .lines()
@@ -132,9 +96,9 @@ fn default_levels_keep_requests_and_commits_out_and_flags_move_them() {
     let dir = tp.dir.clone();
     // Default (info, text): start, the connection, stop; no commit lines.
     let log = tp.tmp.path().join("default.log");
-    let srv = serve(&dir, &[], &[], &log);
+    let srv = serve::spawn(&dir, &[], &[], Some(&log));
     client_writes(&dir, 2);
-    stop(srv);
+    serve::sigterm(srv);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains(" INFO ") && text.contains("client attached"),
@@ -144,16 +108,16 @@ fn default_levels_keep_requests_and_commits_out_and_flags_move_them() {
     assert_eq!(text.lines().count(), 4, "{text}");
     // -v: commits too.
     let log = tp.tmp.path().join("v.log");
-    let srv = serve(&dir, &["-v"], &[], &log);
+    let srv = serve::spawn(&dir, &["-v"], &[], Some(&log));
     client_writes(&dir, 3);
-    stop(srv);
+    serve::sigterm(srv);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("DEBUG thinpool::pool: commit seq="), "{text}");
     // -q: nothing at info.
     let log = tp.tmp.path().join("q.log");
-    let srv = serve(&dir, &["-q"], &[], &log);
+    let srv = serve::spawn(&dir, &["-q"], &[], Some(&log));
     client_writes(&dir, 4);
-    stop(srv);
+    serve::sigterm(srv);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "");
     // Other commands: nothing on stderr by default; -vv shows their commit.
     let out = tp.run(&["snapshot", "{}", "v", "s2"]).ok();

@@ -3,11 +3,11 @@
 
 #[path = "common/nbd.rs"]
 mod nbd_util;
+#[path = "common/serve.rs"]
+mod serve;
 use nbd_util::raw::Raw;
 use nbd_util::*;
-use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
 
@@ -15,41 +15,12 @@ fn thinpool(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-fn spawn_serve(dir: &Path) -> Child {
-    let child = Command::new(BIN)
-        .args(["serve", dir.to_str().unwrap()])
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(dir.join("control.sock")).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn sigterm(mut child: Child) -> std::process::ExitStatus {
-    // kill(1) keeps the tests free of unsafe libc calls.
-    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn management_while_serving() {
     let t = make_pool(&[("vol", 8 * MIB)], 64 << 10);
     let dir = pool_dir(&t);
     let d = dir.to_str().unwrap();
-    let child = spawn_serve(&dir);
+    let child = serve::spawn(&dir, &[], &[], None);
     let sock = dir.join("nbd.sock");
 
     // A second server on the same pool is refused.
@@ -91,7 +62,7 @@ fn management_while_serving() {
 
     // SIGTERM: clean exit, sockets gone, completed writes durable.
     assert_eq!(c.write(4, 0, &[0x63; 1000]), 0);
-    let st = sigterm(child);
+    let st = serve::sigterm(child);
     assert!(st.success(), "{st:?}");
     assert!(!sock.exists() && !dir.join("control.sock").exists());
     let o = thinpool(&["read", d, "vol", "--length", "1000", "-"]);
@@ -117,7 +88,7 @@ fn attached_volume_named_like_an_option_is_guarded() {
             }
         }
     }
-    let mut serving = Serving(Some(spawn_serve(&dir)));
+    let mut serving = Serving(Some(serve::spawn(&dir, &[], &[], None)));
     let sock = dir.join("nbd.sock");
     let o = thinpool(&["snapshot", d, "--", "-x", "-x-snap"]);
     assert!(o.status.success(), "{o:?}");
@@ -165,6 +136,6 @@ fn attached_volume_named_like_an_option_is_guarded() {
     let o = thinpool(&["remove", d, "--force", "--", "-x"]);
     assert!(o.status.success(), "{o:?}");
     assert!(dashed.read(3, 0, 512).is_err());
-    let st = sigterm(serving.0.take().unwrap());
+    let st = serve::sigterm(serving.0.take().unwrap());
     assert!(st.success(), "{st:?}");
 }

@@ -2,6 +2,8 @@
 
 #[path = "common/nbd.rs"]
 mod nbd_util;
+#[path = "common/serve.rs"]
+mod serve;
 use nbd_util::*;
 use std::process::Command;
 
@@ -559,21 +561,11 @@ fn qemu_negotiates_extended_headers() {
     if !have_tools(&["qemu-io", "qemu-img", "nbdinfo"]) {
         return;
     }
-    let bin = env!("CARGO_BIN_EXE_thinpool");
     let t = make_pool(&[("big", 8 << 30)], 64 << 10);
     let dir = pool_dir(&t);
     let log = t.path().join("serve.log");
-    let mut srv = Command::new(bin)
-        .args(["serve", dir.to_str().unwrap()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let srv = serve::spawn(&dir, &[], &[], Some(&log));
     let sock = dir.join("nbd.sock");
-    let t0 = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(t0.elapsed().as_secs() < 20, "serve did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let uri = format!("nbd+unix:///big?socket={}", sock.display());
     let o = run(Command::new("qemu-io").args([
         "-f",
@@ -601,8 +593,7 @@ fn qemu_negotiates_extended_headers() {
     assert_eq!(data, [((6 << 30) + (64 << 10), 64 << 10)], "{v}");
     let o = run(Command::new("nbdinfo").args(["--map", &uri]));
     assert!(stdout(&o).contains("data"), "{}", stdout(&o));
-    run(Command::new("kill").args(["-TERM", &srv.id().to_string()]));
-    assert!(srv.wait().unwrap().success());
+    assert!(serve::sigterm(srv).success());
     let text = std::fs::read_to_string(&log).unwrap();
     let attached: Vec<&str> = text
         .lines()

@@ -2,6 +2,7 @@
 //! pools in temporary directories, read their state as JSON.
 #![allow(dead_code)]
 
+pub mod serve;
 pub mod tools;
 
 use serde_json::Value;
