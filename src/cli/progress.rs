@@ -22,7 +22,7 @@ impl Bar {
     /// A bar counting `unit`s (the checker's metadata blocks) instead of bytes.
     pub(super) fn counting(mode: Mode, json: bool, msg: &str, unit: &str) -> Bar {
         let template =
-            format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}");
+            format!("{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} eta {{eta}}");
         Bar::styled(mode, json, msg, &template)
     }
 
