@@ -246,7 +246,9 @@ fn volumes_go_to_ceph_and_back_and_interrupted_syncs_repeat_cleanly() {
     write(&p2, "w", 0, b"local change", t);
     let mut args = vec!["sync", "--from", "rbd:rbd/vm", s(&p2), "w"];
     args.extend(conf);
-    thinpool(&args).fails(1, "was written since snapshot");
+    thinpool(&args)
+        .fails(1, "was written since snapshot")
+        .fails(1, &format!("thinpool rollback {} w ", s(&p2)));
 
     // --- kill -9 at a random moment, then the same sync again.
     let p3 = t.join("p3");

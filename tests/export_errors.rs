@@ -234,7 +234,9 @@ fn a_guard_left_by_an_interrupted_import_is_not_dropped_silently() {
     tp.run(&["write", "{}", "dst", &half]).ok();
     let before = (tp.list(), tp.run(&["export", "{}", "dst", "-"]).ok().stdout);
     tp.run(&["import-diff", "{}", "dst", &stream, "--no-snapshot"])
-        .fails(1, "was interrupted");
+        .fails(1, "was interrupted")
+        // The advice names this pool, not a placeholder.
+        .fails(1, &format!("thinpool rollback {} dst {guard}", tp.p()));
     unchanged(&tp, &before);
     // Its advice works: roll back to the guard, remove it, import again.
     tp.run(&["rollback", "{}", "dst", &guard]).ok();

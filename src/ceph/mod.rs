@@ -60,10 +60,18 @@ pub enum SyncError {
         "image {0} has no snapshot: sync needs one (`rbd snap create`) to copy a consistent state"
     )]
     NoSnapshots(String),
-    #[error("'{}' was written since snapshot '{}', the newest it shares with the image: a sync would mix the two (`thinpool rollback POOL {0} {1}` drops those writes)", escape_name(.volume), escape_name(.base))]
-    Diverged { volume: String, base: String },
-    #[error("an import-diff into '{}' that sync did not start was interrupted: snapshot '{}' holds what it held before (`thinpool rollback POOL {0} {1}`, or `thinpool remove POOL {1}`)", escape_name(.volume), escape_name(.guard))]
-    InterruptedImport { volume: String, guard: String },
+    #[error("'{}' was written since snapshot '{}', the newest it shares with the image: a sync would mix the two (`thinpool rollback {pool} {0} {1}` drops those writes)", escape_name(.volume), escape_name(.base))]
+    Diverged {
+        pool: String,
+        volume: String,
+        base: String,
+    },
+    #[error("an import-diff into '{}' that sync did not start was interrupted: snapshot '{}' holds what it held before (`thinpool rollback {pool} {0} {1}`, or `thinpool remove {pool} {1}`)", escape_name(.volume), escape_name(.guard))]
+    InterruptedImport {
+        pool: String,
+        volume: String,
+        guard: String,
+    },
 }
 
 impl From<PoolError> for SyncError {

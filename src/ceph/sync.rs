@@ -407,6 +407,7 @@ pub fn pull(
         if !at_start(pool, vid)? {
             if !at_start(pool, gid)? {
                 return Err(SyncError::InterruptedImport {
+                    pool: pool.dir().display().to_string(),
                     volume: vol.to_string(),
                     guard,
                 });
@@ -426,6 +427,7 @@ pub fn pull(
             let bid = ours[&b.name].0;
             if !same(pool, bid, vid)? {
                 return Err(SyncError::Diverged {
+                    pool: pool.dir().display().to_string(),
                     volume: vol.to_string(),
                     base: b.name.clone(),
                 });

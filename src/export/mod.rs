@@ -50,8 +50,12 @@ pub enum ExportError {
     BadToSnap { name: String, why: String },
     #[error("import of '{name}' failed: {why}")]
     Import { name: String, why: String },
-    #[error("an earlier import-diff into '{}' was interrupted: snapshot '{}' holds what it held before. `thinpool rollback POOL {0} {1}` restores that (or `thinpool remove POOL {1}` keeps '{0}' as it is); then import again", escape_name(.vol), escape_name(.guard))]
-    InterruptedImport { vol: String, guard: String },
+    #[error("an earlier import-diff into '{}' was interrupted: snapshot '{}' holds what it held before. `thinpool rollback {pool} {0} {1}` restores that (or `thinpool remove {pool} {1}` keeps '{0}' as it is); then import again", escape_name(.vol), escape_name(.guard))]
+    InterruptedImport {
+        pool: String,
+        vol: String,
+        guard: String,
+    },
 }
 
 impl ExportError {

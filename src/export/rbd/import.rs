@@ -90,6 +90,7 @@ pub fn import_diff(
     let guard = guard_name(vid);
     if pool.find(&guard).is_ok() {
         return Err(ExportError::InterruptedImport {
+            pool: pool.dir().display().to_string(),
             vol: vol.to_string(),
             guard,
         });
