@@ -4,7 +4,7 @@
 
 use crate::nbd::command;
 use crate::nbd::handshake::{self, Session};
-use crate::nbd::proto::{Request, REQUEST_SIZE};
+use crate::nbd::proto::{Request, EXT_REQUEST_SIZE, REQUEST_SIZE};
 use crate::nbd::server;
 use crate::nbd::shared::{Shared, Stream};
 use crate::pool::{Pool, SharedPool};
@@ -71,6 +71,31 @@ impl NbdServer {
             &self.shared,
             &sess,
             &Request::decode(header),
+            payload,
+        ))
+    }
+
+    /// [`NbdServer::execute`] on a session that negotiated extended headers (32-byte
+    /// request header; every reply an extended chunk).
+    pub fn execute_ext(
+        &self,
+        export: &str,
+        allocation_context: bool,
+        header: &[u8; EXT_REQUEST_SIZE],
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let export = self.shared.find_export(export)?;
+        let sess = Session {
+            export,
+            structured: true,
+            extended: true,
+            allocation_context,
+            changed: Vec::new(),
+        };
+        Some(command::execute(
+            &self.shared,
+            &sess,
+            &Request::decode_ext(header),
             payload,
         ))
     }

@@ -640,14 +640,27 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
 }
 
 /// Parse and check one reply in `out` against the request and the model of the export.
-fn check_reply(out: &[u8], r: &Req, structured: bool, errs: &[u32], model: &[u8]) {
+/// How the session under test frames replies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Simple,
+    Structured,
+    /// Extended headers: every reply an extended chunk, never a simple reply.
+    Extended,
+}
+
+fn check_reply(out: &[u8], r: &Req, framing: Framing, errs: &[u32], model: &[u8]) {
+    let structured = framing != Framing::Simple;
+    let extended = framing == Framing::Extended;
     let mut p = out;
     let is_err;
-    let chunked = be32(&p[..4]) == STRUCTURED_REPLY_MAGIC;
-    if structured && (r.kind == CMD_READ || !errs.is_empty()) {
+    let magic = be32(&p[..4]);
+    let chunked = magic == STRUCTURED_REPLY_MAGIC || magic == EXTENDED_REPLY_MAGIC;
+    if structured && (r.kind == CMD_READ || !errs.is_empty() || extended) {
         assert!(
             chunked,
-            "a simple reply to a read or an error in a structured session"
+            "a simple reply to a read or an error in a structured session, or any with \
+             extended headers"
         );
     }
     if chunked {
@@ -656,15 +669,61 @@ fn check_reply(out: &[u8], r: &Req, structured: bool, errs: &[u32], model: &[u8]
         let mut pos = r.offset;
         let mut err = None;
         loop {
-            let h = take(&mut p, CHUNK_HEADER_SIZE).expect("a chunk header");
-            assert_eq!(be32(&h[..4]), STRUCTURED_REPLY_MAGIC);
-            let (flags, kind) = (be16(&h[4..6]), be16(&h[6..8]));
-            assert_eq!(be64(&h[8..16]), r.handle, "reply handle");
-            let len = u32_at(h, 16) as usize;
-            let pl = take(&mut p, len).expect("a whole chunk");
+            let (flags, kind, pl) = if extended {
+                let h = take(&mut p, EXT_CHUNK_HEADER_SIZE).expect("an extended chunk header");
+                assert_eq!(be32(&h[..4]), EXTENDED_REPLY_MAGIC);
+                assert_eq!(be64(&h[8..16]), r.handle, "reply handle");
+                assert_eq!(be64(&h[16..24]), r.offset, "the request's offset, echoed");
+                let len = be64(&h[24..32]) as usize;
+                (
+                    be16(&h[4..6]),
+                    be16(&h[6..8]),
+                    take(&mut p, len).expect("a whole chunk"),
+                )
+            } else {
+                let h = take(&mut p, CHUNK_HEADER_SIZE).expect("a chunk header");
+                assert_eq!(be32(&h[..4]), STRUCTURED_REPLY_MAGIC);
+                assert_eq!(be64(&h[8..16]), r.handle, "reply handle");
+                let len = u32_at(h, 16) as usize;
+                (
+                    be16(&h[4..6]),
+                    be16(&h[6..8]),
+                    take(&mut p, len).expect("a whole chunk"),
+                )
+            };
             match kind {
                 REPLY_TYPE_ERROR => err = Some(u32_at(pl, 0)),
+                // A zero-length read, or (extended headers) any success without data.
+                // (A FLUSH's offset and length mean nothing and may be anything.)
+                REPLY_TYPE_NONE if extended && r.kind != CMD_READ => {
+                    pos = r.offset.saturating_add(r.length as u64)
+                }
                 REPLY_TYPE_NONE => assert_eq!(r.length, 0),
+                REPLY_TYPE_BLOCK_STATUS_EXT => {
+                    assert!(extended, "BLOCK_STATUS_EXT without extended headers");
+                    assert_eq!(u32_at(pl, 0), BASE_ALLOCATION_ID);
+                    let n = u32_at(pl, 4) as usize;
+                    assert!(n > 0 && pl.len() == 8 + 16 * n, "descriptor count");
+                    if r.flags & CMD_FLAG_REQ_ONE != 0 {
+                        assert_eq!(n, 1);
+                    }
+                    let mut at = r.offset;
+                    for e in pl[8..].chunks(16) {
+                        let (l, st) = (be64(&e[..8]), be64(&e[8..]));
+                        assert!(l > 0 && st >> 32 == 0);
+                        if st as u32 & STATE_HOLE != 0 {
+                            assert!(
+                                model[at as usize..(at + l) as usize]
+                                    .iter()
+                                    .all(|&b| b == 0),
+                                "block status calls data a hole at {at}"
+                            );
+                        }
+                        at += l;
+                    }
+                    assert!(at <= r.offset + r.length as u64, "extents past the request");
+                    pos = r.offset + r.length as u64;
+                }
                 REPLY_TYPE_OFFSET_DATA => {
                     let off = be64(&pl[..8]);
                     assert_eq!(off, pos, "chunks out of order or overlapping");
@@ -688,6 +747,7 @@ fn check_reply(out: &[u8], r: &Req, structured: bool, errs: &[u32], model: &[u8]
                     pos += n;
                 }
                 REPLY_TYPE_BLOCK_STATUS => {
+                    assert!(!extended, "compact BLOCK_STATUS with extended headers");
                     assert_eq!(u32_at(pl, 0), BASE_ALLOCATION_ID);
                     let ext = &pl[4..];
                     assert!(!ext.is_empty() && ext.len() % 8 == 0);
@@ -721,7 +781,7 @@ fn check_reply(out: &[u8], r: &Req, structured: bool, errs: &[u32], model: &[u8]
         if err.is_none() {
             assert_eq!(
                 pos,
-                r.offset + r.length as u64,
+                r.offset.saturating_add(r.length as u64),
                 "chunks do not cover the read"
             );
         }
@@ -763,17 +823,30 @@ pub fn requests(data: &[u8]) {
     let (srv, meta) = new_server(server_ro);
     let (name, size, vol_ro) = EXPORTS[u.ratio(1, 4u8).unwrap_or(false) as usize];
     let ro = vol_ro || server_ro;
-    let structured = u.ratio(1, 2u8).unwrap_or(true);
+    let framing = match u.int_in_range(0..=2u8).unwrap_or(1) {
+        0 => Framing::Simple,
+        1 => Framing::Structured,
+        _ => Framing::Extended,
+    };
+    let structured = framing != Framing::Simple;
     let ctx = structured && u.ratio(3, 4u8).unwrap_or(true);
     let mut model = contents(name);
     let n = u.int_in_range(1..=24u8).unwrap_or(1);
     for _ in 0..n {
         let r = request(&mut u, size);
         let errs = allowed_errors(&r, structured, ctx, ro, size);
-        let out = srv
-            .execute(name, structured, ctx, &r.hdr, &r.payload)
-            .expect("the export exists");
-        check_reply(&out, &r, structured, &errs, &model);
+        let out = if framing == Framing::Extended {
+            // The same request in the 32-byte layout (64-bit length).
+            let mut hdr = [0u8; EXT_REQUEST_SIZE];
+            hdr[0..4].copy_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+            hdr[4..24].copy_from_slice(&r.hdr[4..24]);
+            hdr[24..32].copy_from_slice(&(r.length as u64).to_be_bytes());
+            srv.execute_ext(name, ctx, &hdr, &r.payload)
+        } else {
+            srv.execute(name, structured, ctx, &r.hdr, &r.payload)
+        }
+        .expect("the export exists");
+        check_reply(&out, &r, framing, &errs, &model);
         if errs.is_empty() {
             let (o, l) = (r.offset as usize, r.length as usize);
             match r.kind {
