@@ -59,20 +59,14 @@ impl NbdServer {
         header: &[u8; REQUEST_SIZE],
         payload: &[u8],
     ) -> Option<Vec<u8>> {
-        let export = self.shared.find_export(export)?;
-        let sess = Session {
+        self.run(
             export,
             structured,
-            extended: false,
+            false,
             allocation_context,
-            changed: Vec::new(),
-        };
-        Some(command::execute(
-            &self.shared,
-            &sess,
-            &Request::decode(header),
+            Request::decode(header),
             payload,
-        ))
+        )
     }
 
     /// [`NbdServer::execute`] on a session that negotiated extended headers (32-byte
@@ -84,20 +78,29 @@ impl NbdServer {
         header: &[u8; EXT_REQUEST_SIZE],
         payload: &[u8],
     ) -> Option<Vec<u8>> {
+        let req = Request::decode_ext(header);
+        self.run(export, true, true, allocation_context, req, payload)
+    }
+
+    /// One request on a session negotiated as given.
+    fn run(
+        &self,
+        export: &str,
+        structured: bool,
+        extended: bool,
+        allocation_context: bool,
+        req: Request,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
         let export = self.shared.find_export(export)?;
         let sess = Session {
             export,
-            structured: true,
-            extended: true,
+            structured,
+            extended,
             allocation_context,
             changed: Vec::new(),
         };
-        Some(command::execute(
-            &self.shared,
-            &sess,
-            &Request::decode_ext(header),
-            payload,
-        ))
+        Some(command::execute(&self.shared, &sess, &req, payload))
     }
 
     /// One whole connection (negotiation, then transmission) over a socket pair: `client`

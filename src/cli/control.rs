@@ -3,7 +3,6 @@
 //! (`run_in_pool`, which refuses to remove or roll back a volume under its clients).
 
 use super::{dmthin_cmds, error_message, execute, export_cmds, sync_cmd, Cli, Command, Mode};
-use crate::cli::PoolCmd;
 use crate::pool::{Pool, PoolError, VolumeId};
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -80,16 +79,9 @@ pub fn run_in_pool(
         }
     };
     let res = match &cli.command {
-        Command::Pool(PoolCmd::Create(_))
-        | Command::Pool(PoolCmd::Rewind(_))
-        | Command::Restore(_)
-        | Command::Adopt(_)
-        | Command::MetadataSize(_)
-        | Command::Repair(_)
-        | Command::Demo(_)
-        | Command::Serve(_)
-        | Command::Iostat(_)
-        | Command::Crashtest(_) => Err(anyhow::anyhow!(
+        // Commands that work on no existing pool (`Command::pool_dir`) have nothing to run
+        // on inside a server.
+        cmd if cmd.pool_dir().is_none() => Err(anyhow::anyhow!(
             "this command cannot be sent to a running `thinpool serve`"
         )),
         cmd => refuse_attached(cmd, pool, attached)

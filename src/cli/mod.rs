@@ -170,7 +170,7 @@ pub(crate) enum Mode {
 
 impl Command {
     /// The pool a command works on, when it works on an existing pool.
-    fn pool_dir(&self) -> Option<&Path> {
+    pub(super) fn pool_dir(&self) -> Option<&Path> {
         Some(match self {
             Command::Pool(PoolCmd::Create(_))
             | Command::Pool(PoolCmd::Rewind(_))

@@ -430,17 +430,19 @@ impl Pool {
     }
 
     /// Refresh the space figures [`Pool::stats`] shows.
-    pub(crate) fn publish_space(&mut self) -> Result<()> {
+    /// Returns them, for a caller that looks at them too (`watch_space`).
+    pub(crate) fn publish_space(&mut self) -> Result<stats::SpaceFigures> {
         let (d, m) = (self.tm.data_space(), self.tm.meta_space());
-        self.stats.set_space(stats::SpaceFigures {
+        let figures = stats::SpaceFigures {
             block_size: self.block_size,
             data_used: d.allocated,
             data_total: d.total,
             meta_used: self.tm.meta_used()?,
             meta_total: m.total,
             warn_at: self.space.policy.warn_at,
-        });
-        Ok(())
+        };
+        self.stats.set_space(figures);
+        Ok(figures)
     }
 
     /// Give back the file space of data block `b`, which nothing maps. Punching only

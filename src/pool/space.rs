@@ -40,19 +40,18 @@ impl Pool {
     /// Log the warnings the current use calls for; true when data use is at or above the
     /// autoextend mark (the caller then runs [`Pool::autoextend`] with requests drained).
     pub fn watch_space(&mut self) -> Result<bool> {
-        self.publish_space()?;
+        let f = self.publish_space()?;
         let p = self.space.policy;
-        let (d, m) = (self.tm.data_space(), self.tm.meta_space());
         let (dp, mp) = (
-            pct(d.allocated, d.total),
-            pct(self.tm.meta_used()?, m.total),
+            pct(f.data_used, f.data_total),
+            pct(f.meta_used, f.meta_total),
         );
         if let Some(w) = p.warn_at.map(u64::from) {
             if dp >= w && !self.space.warned_data {
                 tracing::warn!(
                     used_pct = dp,
-                    used_blocks = d.allocated,
-                    total_blocks = d.total,
+                    used_blocks = f.data_used,
+                    total_blocks = f.data_total,
                     "data space {dp}% used, at or above --warn-at {w}%"
                 );
             }
