@@ -332,16 +332,7 @@ fn changed_blocks_context_negotiation_and_replies() {
     let mut opts = thinpool::nbd::ServeOptions::new(pool_dir(&t));
     opts.exports = vec!["vol".into()];
     let srv = Server::start_with(opts);
-    let meta = |name: &str, queries: &[&str]| {
-        let mut d = (name.len() as u32).to_be_bytes().to_vec();
-        d.extend_from_slice(name.as_bytes());
-        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-        for q in queries {
-            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
-            d.extend_from_slice(q.as_bytes());
-        }
-        d
-    };
+    let meta = Raw::meta_data;
     // Replies until the ACK: (id, name) per context.
     let contexts = |c: &mut Raw| {
         let mut v = Vec::new();
@@ -481,12 +472,7 @@ fn extended_headers_byte_by_byte() {
     assert_eq!(c.option_reply().1, REP_ACK);
     c.option(OPT_STRUCTURED, &[]);
     assert_eq!(c.option_reply().1, (1 << 31) + 10, "EXT_HEADER_REQD");
-    let mut d = 3u32.to_be_bytes().to_vec();
-    d.extend_from_slice(b"big");
-    d.extend_from_slice(&1u32.to_be_bytes());
-    d.extend_from_slice(&15u32.to_be_bytes());
-    d.extend_from_slice(b"base:allocation");
-    c.option(OPT_SET_META, &d);
+    c.option(OPT_SET_META, &Raw::meta_data("big", &["base:allocation"]));
     assert_eq!(c.option_reply().1, REP_META);
     assert_eq!(c.option_reply().1, REP_ACK);
     c.go("big").unwrap();

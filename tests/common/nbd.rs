@@ -257,6 +257,17 @@ pub mod raw {
             d.extend_from_slice(&0u16.to_be_bytes());
             d
         }
+        /// The payload of NBD_OPT_LIST/SET_META_CONTEXT: export `name`, then `queries`.
+        pub fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
+            let mut d = (name.len() as u32).to_be_bytes().to_vec();
+            d.extend_from_slice(name.as_bytes());
+            d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+            for q in queries {
+                d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+                d.extend_from_slice(q.as_bytes());
+            }
+            d
+        }
         /// NBD_OPT_GO; Ok(()) once attached, Err(reply type) on an error reply.
         pub fn go(&mut self, name: &str) -> Result<(), u32> {
             self.option(OPT_GO, &Self::go_data(name));
@@ -281,12 +292,7 @@ pub mod raw {
             if structured {
                 c.option(OPT_STRUCTURED, &[]);
                 assert_eq!(c.option_reply().1, REP_ACK);
-                let mut d = (name.len() as u32).to_be_bytes().to_vec();
-                d.extend_from_slice(name.as_bytes());
-                d.extend_from_slice(&1u32.to_be_bytes());
-                d.extend_from_slice(&15u32.to_be_bytes());
-                d.extend_from_slice(b"base:allocation");
-                c.option(OPT_SET_META, &d);
+                c.option(OPT_SET_META, &Self::meta_data(name, &["base:allocation"]));
                 assert_eq!(c.option_reply().1, REP_META);
                 assert_eq!(c.option_reply().1, REP_ACK);
             }

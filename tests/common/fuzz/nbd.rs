@@ -699,31 +699,6 @@ fn check_reply(out: &[u8], r: &Req, framing: Framing, errs: &[u32], model: &[u8]
                     pos = r.offset.saturating_add(r.length as u64)
                 }
                 REPLY_TYPE_NONE => assert_eq!(r.length, 0),
-                REPLY_TYPE_BLOCK_STATUS_EXT => {
-                    assert!(extended, "BLOCK_STATUS_EXT without extended headers");
-                    assert_eq!(u32_at(pl, 0), BASE_ALLOCATION_ID);
-                    let n = u32_at(pl, 4) as usize;
-                    assert!(n > 0 && pl.len() == 8 + 16 * n, "descriptor count");
-                    if r.flags & CMD_FLAG_REQ_ONE != 0 {
-                        assert_eq!(n, 1);
-                    }
-                    let mut at = r.offset;
-                    for e in pl[8..].chunks(16) {
-                        let (l, st) = (be64(&e[..8]), be64(&e[8..]));
-                        assert!(l > 0 && st >> 32 == 0);
-                        if st as u32 & STATE_HOLE != 0 {
-                            assert!(
-                                model[at as usize..(at + l) as usize]
-                                    .iter()
-                                    .all(|&b| b == 0),
-                                "block status calls data a hole at {at}"
-                            );
-                        }
-                        at += l;
-                    }
-                    assert!(at <= r.offset + r.length as u64, "extents past the request");
-                    pos = r.offset + r.length as u64;
-                }
                 REPLY_TYPE_OFFSET_DATA => {
                     let off = be64(&pl[..8]);
                     assert_eq!(off, pos, "chunks out of order or overlapping");
@@ -746,20 +721,35 @@ fn check_reply(out: &[u8], r: &Req, framing: Framing, errs: &[u32], model: &[u8]
                     );
                     pos += n;
                 }
-                REPLY_TYPE_BLOCK_STATUS => {
-                    assert!(!extended, "compact BLOCK_STATUS with extended headers");
+                REPLY_TYPE_BLOCK_STATUS | REPLY_TYPE_BLOCK_STATUS_EXT => {
+                    assert_eq!(
+                        kind == REPLY_TYPE_BLOCK_STATUS_EXT,
+                        extended,
+                        "BLOCK_STATUS_EXT exactly when extended headers are in use"
+                    );
                     assert_eq!(u32_at(pl, 0), BASE_ALLOCATION_ID);
-                    let ext = &pl[4..];
-                    assert!(!ext.is_empty() && ext.len() % 8 == 0);
-                    let n = ext.len() / 8;
+                    // (length, status) descriptors: 64-bit ones after a count, or 32-bit.
+                    let desc: Vec<(u64, u64)> = if extended {
+                        let n = u32_at(pl, 4) as usize;
+                        assert!(n > 0 && pl.len() == 8 + 16 * n, "descriptor count");
+                        pl[8..]
+                            .chunks(16)
+                            .map(|e| (be64(&e[..8]), be64(&e[8..])))
+                            .collect()
+                    } else {
+                        let ext = &pl[4..];
+                        assert!(!ext.is_empty() && ext.len() % 8 == 0);
+                        ext.chunks(8)
+                            .map(|e| (u32_at(e, 0) as u64, u32_at(e, 4) as u64))
+                            .collect()
+                    };
                     if r.flags & CMD_FLAG_REQ_ONE != 0 {
-                        assert_eq!(n, 1);
+                        assert_eq!(desc.len(), 1);
                     }
                     let mut at = r.offset;
-                    for e in ext.chunks(8) {
-                        let (l, st) = (u32_at(e, 0) as u64, u32_at(e, 4));
-                        assert!(l > 0);
-                        if st & STATE_HOLE != 0 {
+                    for (l, st) in desc {
+                        assert!(l > 0 && st >> 32 == 0);
+                        if st as u32 & STATE_HOLE != 0 {
                             assert!(
                                 model[at as usize..(at + l) as usize]
                                     .iter()
