@@ -40,13 +40,19 @@ impl NbdServer {
 
     /// Run the option negotiation over `s` (client bytes in, server bytes out).
     pub fn negotiate<S: Read + Write>(&self, s: &mut S) -> io::Result<Option<Attached>> {
-        Ok(handshake::negotiate(s, &self.shared)?.map(|sess| Attached {
-            export: sess.export.name.clone(),
-            size: sess.export.size,
-            read_only: sess.export.read_only,
-            structured: sess.structured,
-            allocation_context: sess.allocation_context,
-        }))
+        // This server has no TLS configured: STARTTLS is refused, `start` never called.
+        let mut start = |_: &mut S, _: &crate::nbd::tls::Tls| -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        };
+        Ok(
+            handshake::negotiate(s, &self.shared, &mut start)?.map(|sess| Attached {
+                export: sess.export.name.clone(),
+                size: sess.export.size,
+                read_only: sess.export.read_only,
+                structured: sess.structured,
+                allocation_context: sess.allocation_context,
+            }),
+        )
     }
 
     /// Validate and execute one transmission request as an attached connection would;

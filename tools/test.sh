@@ -19,6 +19,8 @@ want thin_check thin-provisioning-tools
 want jq jq
 want mkfs.ext4 e2fsprogs
 want rbd ceph-common   # rbd merge-diff reads our export-diff streams (Ceph's own parser)
+want openssl openssl   # certificates for the NBD TLS tests
+want unshare util-linux   # fio over TLS as a non-root uid (libnbd reads /etc/pki as root)
 # A single-node Ceph cluster for `thinpool sync` (tests/ceph_sync.rs, tools/ceph_single.sh),
 # installed without the recommended extras (ceph-mgr, ...), which it does not need.
 need_ceph=()

@@ -16,7 +16,8 @@ pub struct ServeArgs {
     /// Unix socket to listen on (default: POOL/nbd.sock); only a stale socket there is replaced
     #[arg(long, conflicts_with = "listen")]
     pub socket: Option<PathBuf>,
-    /// TCP address to listen on, ADDR:PORT (loopback only unless --allow-remote)
+    /// TCP address to listen on, ADDR:PORT (loopback only unless --allow-remote with --tls
+    /// require, or --allow-plaintext-remote)
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
     /// Volume to export (repeatable; default: every volume)
@@ -25,9 +26,26 @@ pub struct ServeArgs {
     /// Export every volume read-only
     #[arg(long)]
     pub read_only: bool,
-    /// Allow --listen on a non-loopback address
+    /// Allow --listen on a non-loopback address (with --tls require)
     #[arg(long)]
     pub allow_remote: bool,
+    /// Allow a non-loopback --listen without --tls require: anyone who can reach it reads
+    /// and writes every exported volume in plain text
+    #[arg(long)]
+    pub allow_plaintext_remote: bool,
+    /// TLS through NBD_OPT_STARTTLS on every listener: off, on (offered), require (no other
+    /// option before it). Default: on with --tls-cert, else off
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tls: Option<nbd::TlsMode>,
+    /// The server's X.509 certificate chain (PEM, its own certificate first)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Clients must present a certificate signed by this CA (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
     /// Commit new mappings at least this often (e.g. 1s, 500ms); overwrites in place are synced by FLUSH
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
@@ -82,6 +100,20 @@ pub fn run(
         exports: a.exports.clone(),
         read_only: a.read_only,
         allow_remote: a.allow_remote,
+        allow_plaintext_remote: a.allow_plaintext_remote,
+        tls_mode: a.tls.unwrap_or(if a.tls_cert.is_some() {
+            nbd::TlsMode::On
+        } else {
+            nbd::TlsMode::Off
+        }),
+        tls: match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(nbd::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: a.tls_ca.clone(),
+            }),
+            _ => None,
+        },
         commit_interval: a.commit_interval,
         rewind,
         engine,

@@ -5,9 +5,16 @@
 //! (we know the option's length), and ends the connection when it does not (bad magic,
 //! absurd lengths). Nothing here touches volume data; export lookups take the pool lock
 //! briefly through [`Shared::find_export`].
+//!
+//! `NBD_OPT_STARTTLS` (docs/nbd.md, TLS): once acknowledged, the caller's `start_tls` turns
+//! the stream into a TLS session and haggling starts over: nothing negotiated in plain text
+//! (structured replies, extended headers, meta contexts) carries over, so a man in the middle
+//! cannot plant state before the encryption (CVE-2021-3716 in nbdkit was that bug). With
+//! `--tls require`, every option before it but ABORT gets `NBD_REP_ERR_TLS_REQD`.
 
 use super::proto::*;
 use super::shared::{Export, Shared};
+use super::tls::{Tls, TlsMode};
 use std::io::{self, Read, Write};
 
 /// Largest option payload we read into memory; larger ones are skipped and refused.
@@ -100,10 +107,19 @@ enum Next {
     Continue,
     Close,
     Attach(Session),
+    /// STARTTLS was acknowledged: the TLS handshake comes next.
+    StartTls,
 }
 
+/// Turns a stream into a TLS session over it (`Tls::start` for the server's sockets).
+pub type StartTls<'a, S> = &'a mut dyn FnMut(&mut S, &Tls) -> io::Result<()>;
+
 /// Negotiate with a new client. `Ok(None)`: the client left or broke the protocol.
-pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Option<Session>> {
+pub fn negotiate<S: Read + Write>(
+    s: &mut S,
+    shared: &Shared,
+    start_tls: StartTls<'_, S>,
+) -> io::Result<Option<Session>> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -115,12 +131,7 @@ pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Opti
         // The spec requires closing when the client asks for something we did not offer.
         return Ok(None);
     }
-    let mut st = State {
-        no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
-        structured: false,
-        extended: false,
-        selected: None,
-    };
+    let mut st = State::new(client_flags & FLAG_C_NO_ZEROES != 0, false);
     loop {
         if read_u64(s)? != IHAVEOPT {
             return Ok(None);
@@ -141,18 +152,41 @@ pub fn negotiate<S: Read + Write>(s: &mut S, shared: &Shared) -> io::Result<Opti
             Next::Continue => {}
             Next::Close => return Ok(None),
             Next::Attach(sess) => return Ok(Some(sess)),
+            Next::StartTls => {
+                let Some(tls) = shared.tls() else {
+                    return Ok(None);
+                };
+                // A failed handshake ends the connection (the pump closes it).
+                start_tls(s, tls)?;
+                st = State::new(st.no_zeroes, true);
+            }
         }
     }
 }
 
 struct State {
     no_zeroes: bool,
+    /// The connection runs under TLS (STARTTLS succeeded).
+    tls: bool,
     structured: bool,
     /// NBD_OPT_EXTENDED_HEADERS was accepted (structured is then true as well).
     extended: bool,
     /// What NBD_OPT_SET_META_CONTEXT selected: for which export, `base:allocation` or not,
     /// and the `thinpool:changed:` contexts.
     selected: Option<(String, bool, Vec<ChangedContext>)>,
+}
+
+impl State {
+    /// Nothing negotiated yet (again, after STARTTLS).
+    fn new(no_zeroes: bool, tls: bool) -> State {
+        State {
+            no_zeroes,
+            tls,
+            structured: false,
+            extended: false,
+            selected: None,
+        }
+    }
 }
 
 fn reply_err<S: Write>(s: &mut S, opt: u32, code: u32, msg: &str) -> io::Result<()> {
@@ -182,6 +216,22 @@ impl State {
         if shared.stopping() && opt != OPT_ABORT {
             reply_err(s, opt, REP_ERR_SHUTDOWN, "server is shutting down")?;
             return Ok(Next::Continue);
+        }
+        if opt == OPT_STARTTLS {
+            return self.starttls(s, shared, data);
+        }
+        let required = shared.tls().is_some_and(|t| t.mode == TlsMode::Require);
+        if required && !self.tls {
+            match opt {
+                OPT_ABORT => {}
+                // No error reply is possible here.
+                OPT_EXPORT_NAME => return Ok(Next::Close),
+                _ => {
+                    let msg = "TLS is required: send NBD_OPT_STARTTLS first";
+                    reply_err(s, opt, REP_ERR_TLS_REQD, msg)?;
+                    return Ok(Next::Continue);
+                }
+            }
         }
         match opt {
             // A client with extended headers must use NBD_OPT_GO: this one is broken.
@@ -260,6 +310,24 @@ impl State {
                 Ok(Next::Continue)
             }
         }
+    }
+
+    fn starttls<S: Write>(&mut self, s: &mut S, shared: &Shared, data: &[u8]) -> io::Result<Next> {
+        let (code, msg) = if !data.is_empty() {
+            (REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+        } else if self.tls {
+            (REP_ERR_INVALID, "TLS is already in use")
+        } else if shared.tls().is_none() {
+            (
+                REP_ERR_POLICY,
+                "TLS is not enabled on this server (serve --tls-cert)",
+            )
+        } else {
+            ack(s, OPT_STARTTLS)?;
+            return Ok(Next::StartTls);
+        };
+        reply_err(s, OPT_STARTTLS, code, msg)?;
+        Ok(Next::Continue)
     }
 
     fn session(&self, export: Export) -> Session {

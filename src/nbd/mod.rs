@@ -17,6 +17,7 @@ pub mod proto;
 pub(crate) mod server;
 pub(crate) mod shared;
 pub mod stats;
+pub mod tls;
 pub(crate) mod transmission;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 pub use control::Forwarded;
 pub use server::ServeOptions;
 pub use shared::{ControlHandler, EVICT_IDLE, MAX_CONNECTIONS};
+pub use tls::{TlsFiles, TlsMode};
 
 /// Serve the pool until SIGINT/SIGTERM; then finish in-flight requests, commit, remove the
 /// sockets and return Ok.

@@ -22,6 +22,7 @@ use super::control;
 use super::handshake;
 use super::shared::{ControlHandler, EVICT_IDLE, MAX_CONNECTIONS};
 use super::shared::{Shared, Stream};
+use super::tls::{Tls, TlsFiles, TlsMode};
 use super::transmission;
 use crate::pool::{OpenOptions, Pool, PoolError};
 use std::io;
@@ -39,12 +40,17 @@ pub struct ServeOptions {
     pub pool_dir: PathBuf,
     /// Unix socket path (default `POOL/nbd.sock`).
     pub socket: Option<PathBuf>,
-    /// TCP address (`ADDR:PORT`); loopback only unless `allow_remote`.
+    /// TCP address (`ADDR:PORT`); loopback only unless `allow_remote` with TLS required,
+    /// or `allow_plaintext_remote`.
     pub listen: Option<String>,
     /// Volumes to export (empty: all).
     pub exports: Vec<String>,
     pub read_only: bool,
     pub allow_remote: bool,
+    pub allow_plaintext_remote: bool,
+    /// STARTTLS: off, offered or required; `tls` names the certificates (needed unless off).
+    pub tls_mode: TlsMode,
+    pub tls: Option<TlsFiles>,
     pub commit_interval: Duration,
     /// Accept a rewind past a damaged newest commit (see `OpenOptions::rewind`).
     pub rewind: bool,
@@ -69,6 +75,9 @@ impl ServeOptions {
             exports: Vec::new(),
             read_only: false,
             allow_remote: false,
+            allow_plaintext_remote: false,
+            tls_mode: TlsMode::Off,
+            tls: None,
             commit_interval: Duration::from_secs(1),
             rewind: false,
             engine: crate::io::Engine::from_env(),
@@ -245,8 +254,22 @@ fn same_path(a: &Path, b: &Path) -> bool {
     matches!((entry(a), entry(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Parse and check `--listen`: loopback only unless remote access was allowed.
-fn bind_tcp(addr: &str, allow_remote: bool) -> io::Result<TcpListener> {
+/// The TLS policy `opts` asks for, with its certificates loaded (errors name the file).
+fn load_tls(opts: &ServeOptions) -> io::Result<Option<Tls>> {
+    let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_string());
+    match (opts.tls_mode, &opts.tls) {
+        (TlsMode::Off, None) => Ok(None),
+        (TlsMode::Off, Some(_)) => Err(invalid(
+            "--tls off with --tls-cert: drop the certificates or use --tls on|require",
+        )),
+        (_, None) => Err(invalid("--tls on|require needs --tls-cert and --tls-key")),
+        (mode, Some(files)) => Tls::load(mode, files).map(Some),
+    }
+}
+
+/// Parse and check `--listen`: loopback only unless remote access was allowed, and then
+/// only with TLS required unless plain text was allowed too.
+fn bind_tcp(addr: &str, opts: &ServeOptions) -> io::Result<TcpListener> {
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     if addrs.is_empty() {
         return Err(io::Error::new(
@@ -254,13 +277,26 @@ fn bind_tcp(addr: &str, allow_remote: bool) -> io::Result<TcpListener> {
             format!("--listen {addr}: no address"),
         ));
     }
-    if !allow_remote {
-        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+    if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        let why = if !(opts.allow_remote || opts.allow_plaintext_remote) {
+            Some(
+                "pass --allow-remote (with --tls require and certificates) to serve other \
+                 hosts",
+            )
+        } else if opts.tls_mode != TlsMode::Require && !opts.allow_plaintext_remote {
+            Some(
+                "without --tls require, anyone who can reach it reads and writes every \
+                 exported volume in plain text: use --tls require with --tls-cert and \
+                 --tls-key, or pass --allow-plaintext-remote",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "--listen {addr}: {} is not a loopback address; NBD has no authentication \
-                     or encryption, so pass --allow-remote to serve other hosts",
+                    "--listen {addr}: {} is not a loopback address; {why}",
                     a.ip()
                 ),
             ));
@@ -303,8 +339,9 @@ pub fn run(
     for name in &opts.exports {
         pool.volume_id(name).map_err(pool_err)?;
     }
+    let tls = load_tls(&opts)?;
     let tcp = match &opts.listen {
-        Some(a) => Some(bind_tcp(a, opts.allow_remote)?),
+        Some(a) => Some(bind_tcp(a, &opts)?),
         None => None,
     };
     let nbd_path = opts
@@ -322,14 +359,17 @@ pub fn run(
         }
     };
     let (nbd, ctl) = (&nbd_sock.listener, &ctl_sock.listener);
-    let shared = Arc::new(Shared::new(
-        pool,
-        opts.exports.clone(),
-        opts.read_only,
-        opts.max_connections,
-        opts.evict_idle,
-        handler,
-    ));
+    let shared = Arc::new(
+        Shared::new(
+            pool,
+            opts.exports.clone(),
+            opts.read_only,
+            opts.max_connections,
+            opts.evict_idle,
+            handler,
+        )
+        .with_tls(tls.clone()),
+    );
     // Request buffers go back to the system when freed, so memory falls when clients go.
     crate::io::sys::return_large_allocations();
     let mut what = format!("unix:{}", nbd_path.display());
@@ -339,6 +379,8 @@ pub fn run(
     tracing::info!(
         pool = %opts.pool_dir.display(),
         commit_interval_ms = opts.commit_interval.as_millis() as u64,
+        tls = ?opts.tls_mode,
+        client_certs = tls.as_ref().is_some_and(|t| t.client_certs()),
         "exporting {} on {what} (control: {})",
         if opts.exports.is_empty() {
             "all volumes".to_string()
@@ -484,19 +526,20 @@ fn connection_tracked(shared: &Arc<Shared>, mut s: Stream, last: &AtomicU64) {
     {
         return;
     }
-    let session = match handshake::negotiate(&mut s, shared) {
+    let mut start = |s: &mut Stream, tls: &super::tls::Tls| tls.start(s);
+    let session = match handshake::negotiate(&mut s, shared, &mut start) {
         Ok(Some(sess)) => sess,
         Ok(None) | Err(_) => {
             s.shutdown(Shutdown::Both);
             return;
         }
     };
-    if s.set_read_timeout(None).is_err() {
+    if s.end_handshake().is_err() {
         return;
     }
     let id = session.export.id;
     let peer = s.peer();
-    tracing::info!(export = %session.export.name, %peer, structured = session.structured, extended_headers = session.extended, "client attached");
+    tracing::info!(export = %session.export.name, %peer, tls = s.is_tls(), structured = session.structured, extended_headers = session.extended, "client attached");
     let t0 = std::time::Instant::now();
     shared.attach(id);
     last.store(shared.now_ms(), Ordering::Relaxed);

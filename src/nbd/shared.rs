@@ -49,6 +49,8 @@ pub struct Export {
 pub enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    /// The plaintext end of a TLS session over one of the others (src/nbd/tls.rs).
+    Tls(Box<super::tls::TlsEnd>),
 }
 
 impl Stream {
@@ -59,12 +61,21 @@ impl Stream {
             Stream::Tcp(t) => t
                 .peer_addr()
                 .map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Stream::Tls(t) => t.socket.peer(),
         }
+    }
+    /// True once STARTTLS has wrapped the connection.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Tls(t) => Stream::Tls(Box::new(super::tls::TlsEnd {
+                local: t.local.try_clone()?,
+                socket: t.socket.try_clone()?,
+            })),
         })
     }
     pub fn shutdown(&self, how: Shutdown) {
@@ -72,19 +83,35 @@ impl Stream {
         let _ = match self {
             Stream::Unix(s) => s.shutdown(how),
             Stream::Tcp(s) => s.shutdown(how),
+            Stream::Tls(t) => {
+                t.socket.shutdown(how);
+                t.local.shutdown(how)
+            }
         };
     }
+    /// Timeouts apply to the reads and writes the server makes: on the plaintext end of a
+    /// TLS session, not its socket (see `end_handshake`).
     pub(super) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(e) => e.local.set_read_timeout(t),
         }
     }
     pub(super) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_write_timeout(t),
             Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Tls(e) => e.local.set_write_timeout(t),
         }
+    }
+    /// Negotiation is over: no read timeout any more, on the socket under TLS too (its
+    /// pump reads it with the handshake's timeout until now).
+    pub(super) fn end_handshake(&self) -> io::Result<()> {
+        if let Stream::Tls(e) = self {
+            e.socket.set_read_timeout(None)?;
+        }
+        self.set_read_timeout(None)
     }
 }
 
@@ -93,6 +120,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(t) => t.local.read(buf),
         }
     }
 }
@@ -102,6 +130,7 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(t) => t.local.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -133,6 +162,8 @@ pub struct Shared {
     pub(super) extra_workers: AtomicUsize,
     /// Request and commit counters (`thinpool iostat`).
     io: IoStats,
+    /// STARTTLS: offered or required, with the server's certificates (`serve --tls`).
+    tls: Option<super::tls::Tls>,
 }
 
 impl Shared {
@@ -161,7 +192,19 @@ impl Shared {
             handler,
             budget: Budget::new(GLOBAL_BUDGET),
             extra_workers: AtomicUsize::new(0),
+            tls: None,
         }
+    }
+
+    /// Offer (or require) TLS with these certificates; `TlsMode::Off` offers none.
+    pub(super) fn with_tls(mut self, tls: Option<super::tls::Tls>) -> Shared {
+        self.tls = tls.filter(|t| t.mode != super::tls::TlsMode::Off);
+        self
+    }
+
+    /// The TLS policy, when STARTTLS is offered.
+    pub(super) fn tls(&self) -> Option<&super::tls::Tls> {
+        self.tls.as_ref()
     }
 
     /// The shared state of a server around `pool`, with no listener and no control

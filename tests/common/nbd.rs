@@ -176,8 +176,9 @@ pub mod raw {
     pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
     pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 
-    pub struct Raw {
-        pub s: UnixStream,
+    /// Over a unix socket, or any other byte stream (a TLS session over one).
+    pub struct Raw<S: Read + Write = UnixStream> {
+        pub s: S,
         pub flags: u16,
         pub size: u64,
     }
@@ -198,6 +199,44 @@ pub mod raw {
             s.read_exact(&mut g).unwrap();
             assert_eq!(&g[..8], b"NBDMAGIC");
             assert_eq!(&g[8..16], b"IHAVEOPT");
+            Raw::over(s)
+        }
+        /// Full handshake: flags, optionally structured replies + base:allocation, GO.
+        pub fn attach(sock: &Path, name: &str, structured: bool) -> Raw {
+            let mut c = Raw::connect(sock);
+            c.send(&3u32.to_be_bytes()); // FIXED_NEWSTYLE | NO_ZEROES
+            if structured {
+                c.option(OPT_STRUCTURED, &[]);
+                assert_eq!(c.option_reply().1, REP_ACK);
+                c.option(OPT_SET_META, &Raw::meta_data(name, &["base:allocation"]));
+                assert_eq!(c.option_reply().1, REP_META);
+                assert_eq!(c.option_reply().1, REP_ACK);
+            }
+            c.go(name).unwrap();
+            c
+        }
+        pub fn go_data(name: &str) -> Vec<u8> {
+            let mut d = (name.len() as u32).to_be_bytes().to_vec();
+            d.extend_from_slice(name.as_bytes());
+            d.extend_from_slice(&0u16.to_be_bytes());
+            d
+        }
+        /// The payload of NBD_OPT_LIST/SET_META_CONTEXT: export `name`, then `queries`.
+        pub fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
+            let mut d = (name.len() as u32).to_be_bytes().to_vec();
+            d.extend_from_slice(name.as_bytes());
+            d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+            for q in queries {
+                d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+                d.extend_from_slice(q.as_bytes());
+            }
+            d
+        }
+    }
+
+    impl<S: Read + Write> Raw<S> {
+        /// A client on `s`, past the greeting.
+        pub fn over(s: S) -> Raw<S> {
             Raw {
                 s,
                 flags: 0,
@@ -206,6 +245,7 @@ pub mod raw {
         }
         pub fn send(&mut self, b: &[u8]) {
             self.s.write_all(b).unwrap();
+            self.s.flush().unwrap();
         }
         pub fn u16(&mut self) -> u16 {
             let mut b = [0u8; 2];
@@ -251,26 +291,9 @@ pub mod raw {
             let len = self.u32() as usize;
             (opt, ty, self.bytes(len))
         }
-        pub fn go_data(name: &str) -> Vec<u8> {
-            let mut d = (name.len() as u32).to_be_bytes().to_vec();
-            d.extend_from_slice(name.as_bytes());
-            d.extend_from_slice(&0u16.to_be_bytes());
-            d
-        }
-        /// The payload of NBD_OPT_LIST/SET_META_CONTEXT: export `name`, then `queries`.
-        pub fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
-            let mut d = (name.len() as u32).to_be_bytes().to_vec();
-            d.extend_from_slice(name.as_bytes());
-            d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-            for q in queries {
-                d.extend_from_slice(&(q.len() as u32).to_be_bytes());
-                d.extend_from_slice(q.as_bytes());
-            }
-            d
-        }
         /// NBD_OPT_GO; Ok(()) once attached, Err(reply type) on an error reply.
         pub fn go(&mut self, name: &str) -> Result<(), u32> {
-            self.option(OPT_GO, &Self::go_data(name));
+            self.option(OPT_GO, &Raw::<UnixStream>::go_data(name));
             loop {
                 let (_, ty, p) = self.option_reply();
                 match ty {
@@ -284,20 +307,6 @@ pub mod raw {
                     t => return Err(t),
                 }
             }
-        }
-        /// Full handshake: flags, optionally structured replies + base:allocation, GO.
-        pub fn attach(sock: &Path, name: &str, structured: bool) -> Raw {
-            let mut c = Raw::connect(sock);
-            c.send(&3u32.to_be_bytes()); // FIXED_NEWSTYLE | NO_ZEROES
-            if structured {
-                c.option(OPT_STRUCTURED, &[]);
-                assert_eq!(c.option_reply().1, REP_ACK);
-                c.option(OPT_SET_META, &Self::meta_data(name, &["base:allocation"]));
-                assert_eq!(c.option_reply().1, REP_META);
-                assert_eq!(c.option_reply().1, REP_ACK);
-            }
-            c.go(name).unwrap();
-            c
         }
         pub fn request(
             &mut self,

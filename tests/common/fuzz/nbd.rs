@@ -99,10 +99,11 @@ fn name_payload(u: &mut Unstructured, out: &mut Vec<u8>) {
 
 /// One option, mostly well-formed.
 fn option(u: &mut Unstructured, out: &mut Vec<u8>) {
-    const OPTS: [u32; 11] = [
+    const OPTS: [u32; 12] = [
         OPT_EXPORT_NAME,
         OPT_ABORT,
         OPT_LIST,
+        OPT_STARTTLS,
         OPT_INFO,
         OPT_GO,
         OPT_STRUCTURED_REPLY,
@@ -445,6 +446,10 @@ fn check_negotiation<'a>(
                     }
                 }
             }
+            // The fuzzed server has no certificates: STARTTLS is refused by policy (or as
+            // malformed, with data), and the session goes on in plain text.
+            OPT_STARTTLS if o.data.is_empty() => assert_eq!(fin.kind, REP_ERR_POLICY),
+            OPT_STARTTLS => assert_eq!(fin.kind, REP_ERR_INVALID),
             _ => assert_eq!(fin.kind, REP_ERR_UNSUP, "option {}", o.opt),
         }
     }
